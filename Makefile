@@ -1,0 +1,46 @@
+# dfly — make targets. `make demo` and `make test` are the two set-up commands
+# of the README; both install what they need (idempotently) first.
+SHELL := /bin/bash
+GO    ?= go
+GOBIN := $(shell $(GO) env GOPATH)/bin
+BIN   := $(CURDIR)/bin
+CMDS  := dfget dforigin
+
+.PHONY: all build deps test test-short lint demo bench bench-store bench-dfget proto clean
+
+all: build
+
+deps:
+	@.ci/install-deps
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# The full test suite: unit tests with -race, real processes, and (as root)
+# real FUSE, containerd and network-namespace tests. Ends with a line
+# "tests: N passed, N failed, N skipped" and lists every skip with its reason.
+test: deps
+	@set -o pipefail; $(GO) test -race -timeout 30m -json ./... 2>&1 | $(GO) run ./cmd/internal/testsummary
+
+lint: deps
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GOBIN)/staticcheck ./...
+
+demo: deps build
+	@$(BIN)/dfdemo --bin $(BIN)
+
+bench: bench-store bench-dfget
+
+bench-store:
+	$(GO) test -run '^$$' -bench . -benchtime 64x ./blockstore
+
+bench-dfget:
+	$(GO) test -run '^$$' -bench Dfget -benchtime 3x ./cmd/dfget
+
+proto:
+	supernode/api/gen.sh
+
+clean:
+	rm -rf $(BIN)

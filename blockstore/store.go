@@ -1,0 +1,904 @@
+// Package blockstore keeps the blocks of tasks on one host in Badger.
+//
+// Layout of keys (all under one Badger database):
+//
+//	t/<id>            JSON Task metadata
+//	d/<id>/<idx:4>    32-byte SHA-256 of block idx (known before or after the block)
+//	b/<id>/<idx:4>    the block's bytes
+//
+// A block is present exactly when its b/ key exists: the bitmap is derived
+// from those keys, so a block and its bitmap bit become visible in the same
+// transaction and a crash can never expose a torn block. Every block is
+// checked against its digest before it is stored and again when it is read.
+package blockstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// Options configure a Store.
+type Options struct {
+	// Quota caps the sum of the lengths of all tasks (bytes). 0 means no quota.
+	Quota int64
+	// MinFree is the free space (bytes) always left on the filesystem. Default 64 MiB.
+	MinFree int64
+	// SyncWrites makes every block write durable against power loss (slower).
+	// Without it a killed process still loses nothing it committed.
+	SyncWrites bool
+	// GCInterval is how often the value-log garbage collector runs. Default 1 minute; <0 disables.
+	GCInterval time.Duration
+	// Logger receives store events. Default slog.Default().
+	Logger *slog.Logger
+	// FreeSpace reports the free bytes of the filesystem holding dir.
+	// Default: statfs. Tests replace it to simulate a full disk.
+	FreeSpace func(dir string) (int64, error)
+}
+
+// Stats are a snapshot of a store's counters.
+type Stats struct {
+	Tasks         int   `json:"tasks"`
+	Committed     int64 `json:"committed_bytes"` // sum of task lengths (what the quota counts)
+	Stored        int64 `json:"stored_bytes"`    // bytes of blocks present
+	Quota         int64 `json:"quota_bytes"`
+	BlocksWritten int64 `json:"blocks_written"`
+	BytesWritten  int64 `json:"bytes_written"`
+	BytesRead     int64 `json:"bytes_read"`
+	Corrupt       int64 `json:"corrupt_blocks"`
+	Rejected      int64 `json:"rejected_blocks"`
+	Evicted       int64 `json:"evicted_tasks"`
+}
+
+// Store is a Badger-backed block store. It is safe for concurrent use.
+type Store struct {
+	db  *badger.DB
+	dir string
+	opt Options
+	log *slog.Logger
+
+	mu     sync.Mutex
+	tasks  map[string]*taskState
+	closed bool
+
+	bytesWritten  atomic.Int64
+	blocksWritten atomic.Int64
+	bytesRead     atomic.Int64
+	corrupt       atomic.Int64
+	rejected      atomic.Int64
+	evicted       atomic.Int64
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// taskState is the in-memory view of one task; guarded by its own mutex.
+type taskState struct {
+	mu      sync.Mutex
+	task    Task
+	bitmap  Bitmap
+	digests [][]byte // nil entry = unknown
+	access  time.Time
+}
+
+// Open opens (creating if needed) the store in dir.
+func Open(dir string, opt Options) (*Store, error) {
+	if opt.MinFree == 0 {
+		opt.MinFree = 64 << 20
+	}
+	if opt.GCInterval == 0 {
+		opt.GCInterval = time.Minute
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	if opt.FreeSpace == nil {
+		opt.FreeSpace = statfsFree
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create store directory %s: %w", dir, err)
+	}
+	bo := badger.DefaultOptions(dir).
+		WithLogger(badgerLogger{opt.Logger}).
+		WithValueThreshold(1 << 10).
+		WithNumVersionsToKeep(1).
+		WithMemTableSize(16 << 20).
+		WithBlockCacheSize(16 << 20).
+		WithValueLogFileSize(256 << 20).
+		WithSyncWrites(opt.SyncWrites).
+		WithNumCompactors(2).
+		WithMetricsEnabled(false)
+	db, err := badger.Open(bo)
+	if err != nil {
+		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
+			return nil, fmt.Errorf("open block store %s: it is in use by another process (a running dfdaemon or dfget?); stop it or pass a different --store: %w", dir, err)
+		}
+		return nil, fmt.Errorf("open block store %s: %w", dir, err)
+	}
+	s := &Store{db: db, dir: dir, opt: opt, log: opt.Logger, tasks: map[string]*taskState{}, stop: make(chan struct{})}
+	if err := s.loadAll(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if opt.GCInterval > 0 {
+		s.wg.Add(1)
+		go s.gcLoop()
+	}
+	return s, nil
+}
+
+// Dir returns the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Close flushes access times and closes the database.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	close(s.stop)
+	s.wg.Wait()
+	s.flushAccess()
+	return s.db.Close()
+}
+
+func taskKey(id string) []byte { return []byte("t/" + id) }
+func blockKey(id string, idx int) []byte {
+	return binary.BigEndian.AppendUint32([]byte("b/"+id+"/"), uint32(idx))
+}
+func digestKey(id string, idx int) []byte {
+	return binary.BigEndian.AppendUint32([]byte("d/"+id+"/"), uint32(idx))
+}
+
+func validID(id string) error {
+	if id == "" || len(id) > 200 || strings.ContainsAny(id, "/\x00") {
+		return fmt.Errorf("task ID %q: must be 1-200 bytes without '/': %w", id, ErrInvalid)
+	}
+	return nil
+}
+
+// loadAll reads every task's metadata, bitmap and digests into memory.
+func (s *Store) loadAll() error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("t/"), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var t Task
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &t) }); err != nil {
+				return fmt.Errorf("load task metadata %s: %w", it.Item().Key(), err)
+			}
+			st := &taskState{task: t, bitmap: NewBitmap(t.NumBlocks()), digests: make([][]byte, t.NumBlocks()), access: t.AccessedAt}
+			s.tasks[t.ID] = st
+		}
+		for id, st := range s.tasks {
+			if err := loadBlocks(txn, id, st); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func loadBlocks(txn *badger.Txn, id string, st *taskState) error {
+	n := len(st.digests)
+	bit := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("b/" + id + "/")})
+	for bit.Rewind(); bit.Valid(); bit.Next() {
+		k := bit.Item().Key()
+		if idx := int(binary.BigEndian.Uint32(k[len(k)-4:])); idx < n {
+			st.bitmap.Set(idx)
+		}
+	}
+	bit.Close()
+	dit := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("d/" + id + "/"), PrefetchValues: true})
+	defer dit.Close()
+	for dit.Rewind(); dit.Valid(); dit.Next() {
+		k := dit.Item().Key()
+		idx := int(binary.BigEndian.Uint32(k[len(k)-4:]))
+		if idx >= n {
+			continue
+		}
+		v, err := dit.Item().ValueCopy(nil)
+		if err != nil {
+			return fmt.Errorf("load digest %d of task %s: %w", idx, id, err)
+		}
+		st.digests[idx] = v
+	}
+	return nil
+}
+
+func (s *Store) state(id string) (*taskState, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	st, ok := s.tasks[id]
+	if !ok {
+		return nil, fmt.Errorf("task %s: %w", id, ErrNotFound)
+	}
+	return st, nil
+}
+
+func (s *Store) writeTask(t Task) error {
+	b, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(taskKey(t.ID), b) }); err != nil {
+		return fmt.Errorf("write metadata of task %s: %w", t.ID, err)
+	}
+	return nil
+}
+
+// CreateTask accepts a new task, or returns the existing one with the same ID
+// (so that an interrupted download resumes). Before accepting a new task it
+// checks the quota (evicting least-recently-used complete, unpinned tasks to
+// make room) and the filesystem's free space.
+func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
+	if err := validID(t.ID); err != nil {
+		return Task{}, err
+	}
+	if t.Length < 0 {
+		return Task{}, fmt.Errorf("task %s: content length %d: %w", t.ID, t.Length, ErrInvalid)
+	}
+	if t.BlockSize == 0 {
+		t.BlockSize = BlockSizeFor(t.Length)
+	}
+	if t.BlockSize <= 0 || t.BlockSize&(t.BlockSize-1) != 0 {
+		return Task{}, fmt.Errorf("task %s: block size %d is not a power of two: %w", t.ID, t.BlockSize, ErrInvalid)
+	}
+	if t.Digest != "" {
+		if _, _, err := ParseDigest(t.Digest); err != nil {
+			return Task{}, err
+		}
+	}
+	if existing, err := s.Task(t.ID); err == nil {
+		if existing.Length != t.Length || existing.BlockSize != t.BlockSize {
+			return Task{}, fmt.Errorf("task %s exists with length %d/block size %d, not %d/%d; delete it first: %w",
+				t.ID, existing.Length, existing.BlockSize, t.Length, t.BlockSize, ErrInvalid)
+		}
+		return existing, nil
+	}
+	if err := s.reserve(ctx, t.ID, t.Length); err != nil {
+		return Task{}, err
+	}
+	now := time.Now().UTC()
+	t.State = StatePending
+	t.CreatedAt, t.AccessedAt = now, now
+	t.Verified = false
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return Task{}, ErrClosed
+	}
+	if st, ok := s.tasks[t.ID]; ok { // raced with another creator
+		return st.task, nil
+	}
+	if err := s.writeTask(t); err != nil {
+		return Task{}, err
+	}
+	s.tasks[t.ID] = &taskState{task: t, bitmap: NewBitmap(t.NumBlocks()), digests: make([][]byte, t.NumBlocks()), access: now}
+	s.log.Debug("task created", "task", t.ID, "length", t.Length, "block_size", t.BlockSize)
+	return t, nil
+}
+
+// reserve makes room for length more bytes under the quota and on disk.
+func (s *Store) reserve(ctx context.Context, id string, length int64) error {
+	if s.opt.Quota > 0 {
+		if length > s.opt.Quota {
+			return fmt.Errorf("task %s needs %s but the store quota is %s; raise the quota: %w", id, human(length), human(s.opt.Quota), ErrQuota)
+		}
+		for s.Stats().Committed+length > s.opt.Quota {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			victim, ok := s.lruVictim(id)
+			if !ok {
+				return fmt.Errorf("task %s needs %s; %s of the %s quota is held by pending or pinned tasks; free space with dfget --gc or raise the quota: %w",
+					id, human(length), human(s.Stats().Committed), human(s.opt.Quota), ErrQuota)
+			}
+			s.log.Info("evicting task to make room", "task", victim, "for", id)
+			if err := s.DeleteTask(victim); err != nil {
+				return err
+			}
+			s.evicted.Add(1)
+		}
+	}
+	free, err := s.opt.FreeSpace(s.dir)
+	if err != nil {
+		return fmt.Errorf("check free space of %s: %w", s.dir, err)
+	}
+	if free-length < s.opt.MinFree {
+		return fmt.Errorf("task %s needs %s but %s has %s free (keeping %s in reserve): %w",
+			id, human(length), s.dir, human(free), human(s.opt.MinFree), ErrNoSpace)
+	}
+	return nil
+}
+
+func (s *Store) lruVictim(except string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	type cand struct {
+		id string
+		at time.Time
+	}
+	var cs []cand
+	for id, st := range s.tasks {
+		st.mu.Lock()
+		if id != except && st.task.State == StateComplete && !st.task.Pinned {
+			cs = append(cs, cand{id, st.access})
+		}
+		st.mu.Unlock()
+	}
+	if len(cs) == 0 {
+		return "", false
+	}
+	sort.Slice(cs, func(i, j int) bool { return cs[i].at.Before(cs[j].at) })
+	return cs[0].id, true
+}
+
+// Task returns the task's metadata.
+func (s *Store) Task(id string) (Task, error) {
+	st, err := s.state(id)
+	if err != nil {
+		return Task{}, err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	t := st.task
+	t.AccessedAt = st.access
+	return t, nil
+}
+
+// UpdateTask applies fn to the task's metadata and stores the result. fn may
+// change Digest, ETag, LastModified, Source and Pinned; changes to identity,
+// length or block size are rejected.
+func (s *Store) UpdateTask(id string, fn func(*Task) error) (Task, error) {
+	st, err := s.state(id)
+	if err != nil {
+		return Task{}, err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	t := st.task
+	if err := fn(&t); err != nil {
+		return Task{}, err
+	}
+	if t.ID != st.task.ID || t.Length != st.task.Length || t.BlockSize != st.task.BlockSize {
+		return Task{}, fmt.Errorf("task %s: identity, length and block size cannot change: %w", id, ErrInvalid)
+	}
+	if t.Digest != "" {
+		if _, _, err := ParseDigest(t.Digest); err != nil {
+			return Task{}, err
+		}
+	}
+	if t.Digest != st.task.Digest && t.State == StateComplete {
+		t.State, t.Verified = StatePending, false // must be verified again against the new digest
+	}
+	if err := s.writeTask(t); err != nil {
+		return Task{}, err
+	}
+	st.task = t
+	return t, nil
+}
+
+// Pin protects a task from eviction (or releases it).
+func (s *Store) Pin(id string, pinned bool) error {
+	_, err := s.UpdateTask(id, func(t *Task) error { t.Pinned = pinned; return nil })
+	return err
+}
+
+// DeleteTask removes a task and its blocks. Disk space is reclaimed by the
+// value-log GC (see CollectGarbage).
+func (s *Store) DeleteTask(id string) error {
+	s.mu.Lock()
+	st, ok := s.tasks[id]
+	if ok {
+		delete(s.tasks, id)
+	}
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("delete task %s: %w", id, ErrNotFound)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if err := s.db.DropPrefix([]byte("b/"+id+"/"), []byte("d/"+id+"/"), taskKey(id)); err != nil {
+		return fmt.Errorf("delete task %s: %w", id, err)
+	}
+	s.log.Debug("task deleted", "task", id)
+	return nil
+}
+
+// List returns every task, most recently used first.
+func (s *Store) List() []Task {
+	s.mu.Lock()
+	sts := make([]*taskState, 0, len(s.tasks))
+	for _, st := range s.tasks {
+		sts = append(sts, st)
+	}
+	s.mu.Unlock()
+	out := make([]Task, 0, len(sts))
+	for _, st := range sts {
+		st.mu.Lock()
+		t := st.task
+		t.AccessedAt = st.access
+		st.mu.Unlock()
+		out = append(out, t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].AccessedAt.After(out[j].AccessedAt) })
+	return out
+}
+
+// SetBlockDigest records the expected SHA-256 of block idx (as sent by the
+// seed). A digest that contradicts a stored block drops that block.
+func (s *Store) SetBlockDigest(id string, idx int, sum []byte) error {
+	if len(sum) != sha256.Size {
+		return fmt.Errorf("digest of block %d of task %s: %d bytes, want 32: %w", idx, id, len(sum), ErrInvalid)
+	}
+	st, err := s.state(id)
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if idx < 0 || idx >= len(st.digests) {
+		return fmt.Errorf("digest of block %d of task %s: out of range [0,%d): %w", idx, id, len(st.digests), ErrInvalid)
+	}
+	if bytes.Equal(st.digests[idx], sum) {
+		return nil
+	}
+	sum = bytes.Clone(sum)
+	err = s.db.Update(func(txn *badger.Txn) error {
+		if st.digests[idx] != nil && st.bitmap.Has(idx) {
+			if err := txn.Delete(blockKey(id, idx)); err != nil {
+				return err
+			}
+		}
+		return txn.Set(digestKey(id, idx), sum)
+	})
+	if err != nil {
+		return fmt.Errorf("store digest of block %d of task %s: %w", idx, id, err)
+	}
+	if st.digests[idx] != nil && st.bitmap.Has(idx) {
+		s.log.Warn("block digest changed; dropped stored block", "task", id, "block", idx)
+		st.bitmap.Clear(idx)
+	}
+	st.digests[idx] = sum
+	return nil
+}
+
+// BlockDigest returns the SHA-256 of block idx, if known.
+func (s *Store) BlockDigest(id string, idx int) ([]byte, bool) {
+	st, err := s.state(id)
+	if err != nil {
+		return nil, false
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if idx < 0 || idx >= len(st.digests) || st.digests[idx] == nil {
+		return nil, false
+	}
+	return bytes.Clone(st.digests[idx]), true
+}
+
+// PutBlock stores block idx after checking its length and, when known, its
+// digest (ErrDigestMismatch otherwise; nothing is stored). Storing a block
+// already present is a no-op.
+func (s *Store) PutBlock(ctx context.Context, id string, idx int, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	sum := sha256.Sum256(data)
+	st, err := s.state(id)
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	n := len(st.digests)
+	if idx < 0 || idx >= n {
+		return fmt.Errorf("put block %d of task %s: out of range [0,%d): %w", idx, id, n, ErrInvalid)
+	}
+	if want := st.task.BlockLen(idx); int64(len(data)) != want {
+		s.rejected.Add(1)
+		return fmt.Errorf("put block %d of task %s: %d bytes, want %d: %w", idx, id, len(data), want, ErrDigestMismatch)
+	}
+	if st.bitmap.Has(idx) {
+		return nil
+	}
+	if want := st.digests[idx]; want != nil && !bytes.Equal(want, sum[:]) {
+		s.rejected.Add(1)
+		return fmt.Errorf("put block %d of task %s: sha256 %x, want %x: %w", idx, id, sum[:8], want[:8], ErrDigestMismatch)
+	}
+	newDigest := st.digests[idx] == nil
+	err = s.db.Update(func(txn *badger.Txn) error {
+		if newDigest {
+			if err := txn.Set(digestKey(id, idx), sum[:]); err != nil {
+				return err
+			}
+		}
+		return txn.Set(blockKey(id, idx), data)
+	})
+	if err != nil {
+		return fmt.Errorf("write block %d of task %s to %s: %w", idx, id, s.dir, err)
+	}
+	if newDigest {
+		st.digests[idx] = sum[:]
+	}
+	st.bitmap.Set(idx)
+	s.blocksWritten.Add(1)
+	s.bytesWritten.Add(int64(len(data)))
+	return nil
+}
+
+// HasBlock reports whether block idx is present.
+func (s *Store) HasBlock(id string, idx int) bool {
+	st, err := s.state(id)
+	if err != nil {
+		return false
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.bitmap.Has(idx)
+}
+
+// Bitmap returns a copy of the task's block bitmap.
+func (s *Store) Bitmap(id string) (Bitmap, error) {
+	st, err := s.state(id)
+	if err != nil {
+		return nil, err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.bitmap.Clone(), nil
+}
+
+// Missing lists the blocks of the task not yet present.
+func (s *Store) Missing(id string) ([]int, error) {
+	st, err := s.state(id)
+	if err != nil {
+		return nil, err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.bitmap.Missing(len(st.digests)), nil
+}
+
+// ReadBlock returns a verified copy of block idx. A block that fails its
+// digest is dropped (so it will be fetched again) and ErrCorrupt returned.
+func (s *Store) ReadBlock(id string, idx int) ([]byte, error) {
+	return s.readBlock(id, idx, nil)
+}
+
+func (s *Store) readBlock(id string, idx int, buf []byte) ([]byte, error) {
+	st, err := s.state(id)
+	if err != nil {
+		return nil, err
+	}
+	st.mu.Lock()
+	has := st.bitmap.Has(idx)
+	want := st.digests[min(max(idx, 0), len(st.digests)-1)]
+	st.access = time.Now().UTC()
+	st.mu.Unlock()
+	if !has {
+		return nil, fmt.Errorf("block %d of task %s: %w", idx, id, ErrNotFound)
+	}
+	var data []byte
+	err = s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(blockKey(id, idx))
+		if err != nil {
+			return err
+		}
+		data, err = item.ValueCopy(buf)
+		return err
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, fmt.Errorf("block %d of task %s: %w", idx, id, ErrNotFound)
+	}
+	if err == nil {
+		if sum := sha256.Sum256(data); want != nil && bytes.Equal(sum[:], want) {
+			s.bytesRead.Add(int64(len(data)))
+			return data, nil
+		}
+		err = fmt.Errorf("sha256 mismatch")
+	}
+	// Unreadable or wrong: drop the block so it is fetched again.
+	s.corrupt.Add(1)
+	s.log.Error("stored block failed verification; dropping it", "task", id, "block", idx, "err", err)
+	st.mu.Lock()
+	if derr := s.dropLocked(st, idx); derr != nil {
+		s.log.Error("drop corrupt block", "task", id, "block", idx, "err", derr)
+	}
+	st.mu.Unlock()
+	return nil, fmt.Errorf("block %d of task %s in %s: %v: %w", idx, id, s.dir, err, ErrCorrupt)
+}
+
+// DropBlock removes block idx (for example after a peer reported it bad).
+func (s *Store) DropBlock(id string, idx int) error {
+	st, err := s.state(id)
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return s.dropLocked(st, idx)
+}
+
+// dropLocked removes a block; a complete task becomes pending again. st.mu is held.
+func (s *Store) dropLocked(st *taskState, idx int) error {
+	id := st.task.ID
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(blockKey(id, idx)) }); err != nil {
+		return fmt.Errorf("drop block %d of task %s: %w", idx, id, err)
+	}
+	st.bitmap.Clear(idx)
+	if st.task.State == StateComplete {
+		st.task.State, st.task.Verified = StatePending, false
+		return s.writeTask(st.task)
+	}
+	return nil
+}
+
+// ReadAt reads len(p) bytes at off from the task's blocks. Every block read is
+// verified. It fails with ErrNotFound if a needed block is missing.
+func (s *Store) ReadAt(id string, p []byte, off int64) (int, error) {
+	t, err := s.Task(id)
+	if err != nil {
+		return 0, err
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("read task %s at %d: %w", id, off, ErrInvalid)
+	}
+	n := 0
+	for n < len(p) {
+		pos := off + int64(n)
+		if pos >= t.Length {
+			return n, io.EOF
+		}
+		idx := int(pos / t.BlockSize)
+		blk, err := s.ReadBlock(id, idx)
+		if err != nil {
+			return n, err
+		}
+		n += copy(p[n:], blk[pos-int64(idx)*t.BlockSize:])
+	}
+	return n, nil
+}
+
+// WriteTo streams the task's whole content, verified block by block, to w.
+func (s *Store) WriteTo(ctx context.Context, id string, w io.Writer) (int64, error) {
+	t, err := s.Task(id)
+	if err != nil {
+		return 0, err
+	}
+	var written int64
+	var buf []byte
+	for idx := 0; idx < t.NumBlocks(); idx++ {
+		if err := ctx.Err(); err != nil {
+			return written, err
+		}
+		blk, err := s.readBlock(id, idx, buf)
+		if err != nil {
+			return written, err
+		}
+		m, err := w.Write(blk)
+		written += int64(m)
+		if err != nil {
+			return written, err
+		}
+		buf = blk[:0]
+	}
+	return written, nil
+}
+
+// Scrub reads and verifies every present block of the task, dropping the
+// ones that fail (they will be fetched again). It returns how many it dropped.
+func (s *Store) Scrub(ctx context.Context, id string) (int, error) {
+	t, err := s.Task(id)
+	if err != nil {
+		return 0, err
+	}
+	dropped := 0
+	var buf []byte
+	for idx := 0; idx < t.NumBlocks(); idx++ {
+		if err := ctx.Err(); err != nil {
+			return dropped, err
+		}
+		if !s.HasBlock(id, idx) {
+			continue
+		}
+		blk, err := s.readBlock(id, idx, buf)
+		switch {
+		case errors.Is(err, ErrCorrupt):
+			dropped++
+		case err != nil && !errors.Is(err, ErrNotFound):
+			return dropped, err
+		case err == nil:
+			buf = blk[:0]
+		}
+	}
+	return dropped, nil
+}
+
+// VerifyAndComplete checks the whole content against the task's digest and
+// marks the task complete. Without a declared digest it records the SHA-256 it
+// computed (Verified stays false: only the per-block digests were checked).
+// It returns ErrIncomplete when blocks are missing and ErrDigestMismatch (the
+// task stays pending) when the content does not match.
+func (s *Store) VerifyAndComplete(ctx context.Context, id string) (Task, error) {
+	t, err := s.Task(id)
+	if err != nil {
+		return Task{}, err
+	}
+	if missing, _ := s.Missing(id); len(missing) > 0 {
+		return t, fmt.Errorf("verify task %s: %d of %d blocks missing: %w", id, len(missing), t.NumBlocks(), ErrIncomplete)
+	}
+	algo, want := "sha256", ""
+	if t.Digest != "" {
+		algo, want, _ = ParseDigest(t.Digest)
+	}
+	h, err := NewHash(algo)
+	if err != nil {
+		return t, err
+	}
+	if _, err := s.WriteTo(ctx, id, h); err != nil {
+		return t, fmt.Errorf("verify task %s: %w", id, err)
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if want != "" && got != want {
+		return t, fmt.Errorf("task %s: content %s is %s:%s, want %s: %w", id, t.Source, algo, got, t.Digest, ErrDigestMismatch)
+	}
+	return s.UpdateTask(id, func(t *Task) error {
+		if t.Digest == "" {
+			t.Digest = algo + ":" + got
+		} else {
+			t.Verified = true
+		}
+		t.State = StateComplete
+		return nil
+	})
+}
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats {
+	s.mu.Lock()
+	sts := make([]*taskState, 0, len(s.tasks))
+	for _, st := range s.tasks {
+		sts = append(sts, st)
+	}
+	s.mu.Unlock()
+	out := Stats{Tasks: len(sts), Quota: s.opt.Quota}
+	for _, st := range sts {
+		st.mu.Lock()
+		out.Committed += st.task.Length
+		if st.task.BlockSize > 0 {
+			for i := range st.digests {
+				if st.bitmap.Has(i) {
+					out.Stored += st.task.BlockLen(i)
+				}
+			}
+		}
+		st.mu.Unlock()
+	}
+	out.BlocksWritten = s.blocksWritten.Load()
+	out.BytesWritten = s.bytesWritten.Load()
+	out.BytesRead = s.bytesRead.Load()
+	out.Corrupt = s.corrupt.Load()
+	out.Rejected = s.rejected.Load()
+	out.Evicted = s.evicted.Load()
+	return out
+}
+
+// DiskUsage returns the bytes the store's files occupy.
+func (s *Store) DiskUsage() int64 {
+	var total int64
+	filepath.WalkDir(s.dir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if fi, err := d.Info(); err == nil {
+				total += fi.Size()
+			}
+		}
+		return nil
+	})
+	return total
+}
+
+// CollectGarbage runs Badger's value-log GC until nothing more is reclaimed,
+// so that deleted tasks free disk space.
+func (s *Store) CollectGarbage() {
+	for range 64 {
+		if err := s.db.RunValueLogGC(0.3); err != nil {
+			return
+		}
+	}
+}
+
+func (s *Store) gcLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.opt.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.CollectGarbage()
+			s.flushAccess()
+		}
+	}
+}
+
+// flushAccess persists access times that moved by more than a minute.
+func (s *Store) flushAccess() {
+	s.mu.Lock()
+	sts := make([]*taskState, 0, len(s.tasks))
+	for _, st := range s.tasks {
+		sts = append(sts, st)
+	}
+	s.mu.Unlock()
+	for _, st := range sts {
+		st.mu.Lock()
+		if st.access.Sub(st.task.AccessedAt) > time.Minute {
+			st.task.AccessedAt = st.access
+			if err := s.writeTask(st.task); err != nil {
+				s.log.Warn("persist access time", "task", st.task.ID, "err", err)
+			}
+		}
+		st.mu.Unlock()
+	}
+}
+
+func statfsFree(dir string) (int64, error) {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &fs); err != nil {
+		return 0, err
+	}
+	return int64(fs.Bavail) * int64(fs.Bsize), nil
+}
+
+func human(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// badgerLogger routes Badger's logs to slog, demoting its chatter.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any) {
+	b.l.Error("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (b badgerLogger) Warningf(f string, a ...any) {
+	b.l.Warn("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (b badgerLogger) Infof(f string, a ...any) {
+	b.l.Debug("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (b badgerLogger) Debugf(f string, a ...any) {}

@@ -1,0 +1,379 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
+
+	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/cmd/internal/cli"
+	"github.com/dfly-p2p/dfly/peer"
+	"github.com/dfly-p2p/dfly/peer/source"
+)
+
+// Exit codes a script can rely on.
+const (
+	exitOK          = 0
+	exitFailure     = 1 // anything not listed below
+	exitUsage       = 2 // bad flags or arguments
+	exitUnreachable = 3 // origin unreachable, timing out, or failing with 5xx after retries
+	exitHTTP4xx     = 4 // origin refused the request (404, 403, 401, ...)
+	exitDigest      = 5 // content does not match --digest or the origin's Content-MD5
+	exitDisk        = 6 // disk full or store quota exceeded
+	exitInterrupted = 130
+)
+
+const usageText = `Usage: dfget URL -O FILE [flags]
+
+Downloads URL to FILE through dfly: the content is fetched in verified blocks
+into a local block store, so an interrupted download resumes where it stopped
+when the same command is run again. FILE appears only once it is complete and
+verified.
+
+Flags:
+%s
+Exit codes:
+  0  success
+  1  other failure
+  2  usage error (bad flag, missing -O, bad --digest, output directory missing)
+  3  origin unreachable, timing out, or failing (5xx) after retries
+  4  origin refused the request (HTTP 4xx)
+  5  digest mismatch (--digest, or the origin's Content-MD5)
+  6  disk full or block-store quota exceeded
+  130 interrupted
+`
+
+type options struct {
+	output      string
+	digest      string
+	limitRate   string
+	timeout     time.Duration
+	concurrency int
+	store       string
+	quota       string
+	headers     []string
+	quiet       bool
+	retries     int
+	reportJSON  string
+	logLevel    string
+	supernode   string
+	daemonSock  string
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := pflag.NewFlagSet("dfget", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVarP(&o.output, "output", "O", "", "write the content to `FILE` (required)")
+	fs.StringVar(&o.digest, "digest", "", "verify the whole content against `ALGO:HEX` (sha256 or md5)")
+	fs.StringVar(&o.limitRate, "limit-rate", "0", "cap the download rate, bytes/s (`RATE` like 10M); 0 = unlimited")
+	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "network timeout: connecting, waiting for headers, stalls")
+	fs.IntVar(&o.concurrency, "concurrency", 8, "parallel block fetches")
+	fs.StringVar(&o.store, "store", cli.DefaultStoreDir(), "block store `DIR` ($DFLY_STORE)")
+	fs.StringVar(&o.quota, "quota", "0", "block store quota (`SIZE` like 50G); 0 = none")
+	fs.StringArrayVarP(&o.headers, "header", "H", nil, "extra request header `'Name: value'` (repeatable)")
+	fs.BoolVarP(&o.quiet, "quiet", "q", false, "print nothing but errors")
+	fs.IntVar(&o.retries, "retries", 4, "retries per request on connection errors and 5xx")
+	fs.StringVar(&o.reportJSON, "report-json", "", "write a JSON summary of the download to `FILE`")
+	fs.StringVar(&o.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	fs.StringVar(&o.supernode, "supernode", "", "join the swarm of the supernode at `HOST:PORT` with an embedded peer")
+	fs.StringVar(&o.daemonSock, "daemon-sock", "", "download through the dfdaemon listening on `PATH`")
+	help := fs.BoolP("help", "h", false, "show this help")
+	usage := func() string { return fmt.Sprintf(usageText, fs.FlagUsages()) }
+
+	if err := fs.Parse(args); err != nil {
+		fmt.Fprintf(stderr, "dfget: %v\n\n%s", err, usage())
+		return exitUsage
+	}
+	if *help {
+		fmt.Fprint(stdout, usage())
+		return exitOK
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintf(stderr, "dfget: want exactly one URL, got %d arguments\n\n%s", fs.NArg(), usage())
+		return exitUsage
+	}
+	url := fs.Arg(0)
+	if err := validate(&o, url); err != nil {
+		fmt.Fprintf(stderr, "dfget: %v\n", err)
+		return exitUsage
+	}
+	rate, _ := cli.ParseSize(o.limitRate)
+	quota, _ := cli.ParseSize(o.quota)
+	hdr, _ := cli.ParseHeaders(o.headers)
+	logger, err := cli.NewLogger(o.logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "dfget: %v\n", err)
+		return exitUsage
+	}
+
+	req := peer.Request{URL: url, Header: hdr, Digest: o.digest}
+	d := downloader{o: o, req: req, stderr: stderr, log: logger, rate: rate, quota: quota}
+	sum, res, err := d.run(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "dfget: %v\n", err)
+		return exitCode(ctx, err)
+	}
+	if !o.quiet {
+		elapsed := res.Duration.Seconds()
+		fmt.Fprintf(stderr, "dfget: saved %s (%s) in %.1fs, %s/s; from origin %s, seed %s, peers %s, local store %s; sha256:%s%s\n",
+			o.output, cli.HumanBytes(res.Task.Length), elapsed, cli.HumanBytes(int64(float64(res.Task.Length)/max(elapsed, 1e-3))),
+			cli.HumanBytes(res.Stats.BytesOrigin), cli.HumanBytes(res.Stats.BytesSeed), cli.HumanBytes(res.Stats.BytesPeers),
+			cli.HumanBytes(res.Stats.BytesLocal), sum, verifiedNote(res.Task))
+	}
+	if o.reportJSON != "" {
+		if err := writeReport(o.reportJSON, url, sum, res); err != nil {
+			fmt.Fprintf(stderr, "dfget: %v\n", err)
+			return exitFailure
+		}
+	}
+	return exitOK
+}
+
+func verifiedNote(t blockstore.Task) string {
+	if t.Verified {
+		return " (verified against " + t.Digest + ")"
+	}
+	return " (every block verified; no whole-content digest declared)"
+}
+
+func validate(o *options, url string) error {
+	if o.output == "" {
+		return errors.New("missing -O FILE: where should the content go?")
+	}
+	if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") {
+		return fmt.Errorf("URL %q: only http:// and https:// URLs are supported", url)
+	}
+	if _, err := blockstore.NormalizeURL(url); err != nil {
+		return err
+	}
+	if o.digest != "" {
+		if _, _, err := blockstore.ParseDigest(o.digest); err != nil {
+			return fmt.Errorf("--digest: %w", err)
+		}
+	}
+	for name, v := range map[string]string{"--limit-rate": o.limitRate, "--quota": o.quota} {
+		if _, err := cli.ParseSize(v); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	if _, err := cli.ParseHeaders(o.headers); err != nil {
+		return fmt.Errorf("--header: %w", err)
+	}
+	if o.concurrency < 1 || o.concurrency > 256 {
+		return fmt.Errorf("--concurrency %d: want 1 to 256", o.concurrency)
+	}
+	if o.timeout <= 0 {
+		return fmt.Errorf("--timeout %v: want a positive duration", o.timeout)
+	}
+	if o.retries < 0 {
+		return fmt.Errorf("--retries %d: want 0 or more", o.retries)
+	}
+	dir := filepath.Dir(o.output)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("output directory %s does not exist", dir)
+	}
+	if fi, err := os.Stat(o.output); err == nil && fi.IsDir() {
+		return fmt.Errorf("output %s is a directory", o.output)
+	}
+	return nil
+}
+
+// exitCode maps an error to the documented exit codes.
+func exitCode(ctx context.Context, err error) int {
+	var he *source.HTTPError
+	switch {
+	case ctx.Err() != nil:
+		return exitInterrupted
+	case errors.Is(err, blockstore.ErrDigestMismatch):
+		return exitDigest
+	case errors.Is(err, blockstore.ErrQuota), errors.Is(err, blockstore.ErrNoSpace), errors.Is(err, syscall.ENOSPC):
+		return exitDisk
+	case errors.As(err, &he) && he.Status >= 400 && he.Status < 500:
+		return exitHTTP4xx
+	case errors.As(err, &he), errors.Is(err, source.ErrUnreachable), errors.Is(err, context.DeadlineExceeded):
+		return exitUnreachable
+	case errors.Is(err, blockstore.ErrInvalid):
+		return exitUsage
+	}
+	return exitFailure
+}
+
+type downloader struct {
+	o      options
+	req    peer.Request
+	stderr io.Writer
+	log    *slog.Logger
+	rate   int64
+	quota  int64
+}
+
+// run downloads into the store and writes the verified output file; it
+// returns the output's sha256.
+func (d *downloader) run(ctx context.Context) (string, peer.Result, error) {
+	store, err := blockstore.Open(d.o.store, blockstore.Options{Quota: d.quota, Logger: d.log, GCInterval: -1})
+	if err != nil {
+		return "", peer.Result{}, err
+	}
+	defer store.Close()
+	src := source.New(source.Options{Timeout: d.o.timeout, Retries: d.o.retries, Logger: d.log})
+	if d.o.retries == 0 {
+		src = source.New(source.Options{Timeout: d.o.timeout, Retries: -1, Logger: d.log})
+	}
+	eng, err := peer.New(peer.Config{Store: store, Source: src, Concurrency: d.o.concurrency, DownloadRate: d.rate, Logger: d.log})
+	if err != nil {
+		return "", peer.Result{}, err
+	}
+	defer eng.Close()
+
+	prog := newProgress(d.stderr, d.o.quiet)
+	defer prog.finish()
+	res, err := eng.Download(ctx, d.req, peer.DownloadOptions{Progress: prog.update})
+	if err != nil {
+		return "", res, err
+	}
+	prog.finish()
+	sum, err := writeOutput(ctx, store, res.Task.ID, d.o.output)
+	if errors.Is(err, blockstore.ErrCorrupt) {
+		// A stored block rotted after verification: fetch it again and retry once.
+		d.log.Warn("a stored block was corrupt; refetching", "err", err)
+		if res, err = eng.Download(ctx, d.req, peer.DownloadOptions{}); err != nil {
+			return "", res, err
+		}
+		sum, err = writeOutput(ctx, store, res.Task.ID, d.o.output)
+	}
+	return sum, res, err
+}
+
+// writeOutput writes the task to a temporary file beside path, syncs it and
+// renames it into place, so path only ever holds complete, verified content.
+func writeOutput(ctx context.Context, store *blockstore.Store, id, path string) (string, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".dfly-*")
+	if err != nil {
+		return "", fmt.Errorf("create output: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	h := sha256.New()
+	if _, err := store.WriteTo(ctx, id, io.MultiWriter(tmp, h)); err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return "", fmt.Errorf("move output into place: %w", err)
+	}
+	ok = true
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+type report struct {
+	URL             string  `json:"url"`
+	Output          string  `json:"output"`
+	TaskID          string  `json:"task_id"`
+	Bytes           int64   `json:"bytes"`
+	DurationSeconds float64 `json:"duration_seconds"`
+	BytesOrigin     int64   `json:"bytes_origin"`
+	BytesSeed       int64   `json:"bytes_seed"`
+	BytesPeers      int64   `json:"bytes_peers"`
+	BytesLocal      int64   `json:"bytes_local"`
+	Fallbacks       int64   `json:"fallbacks"`
+	SHA256          string  `json:"sha256"`
+	Digest          string  `json:"digest"`
+	Verified        bool    `json:"verified"`
+}
+
+func writeReport(path, url, sum string, res peer.Result) error {
+	b, _ := json.MarshalIndent(report{URL: url, TaskID: res.Task.ID, Bytes: res.Task.Length, DurationSeconds: res.Duration.Seconds(),
+		BytesOrigin: res.Stats.BytesOrigin, BytesSeed: res.Stats.BytesSeed, BytesPeers: res.Stats.BytesPeers,
+		BytesLocal: res.Stats.BytesLocal, Fallbacks: res.Fallback, SHA256: sum, Digest: res.Task.Digest, Verified: res.Task.Verified}, "", "  ")
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write report %s: %w", path, err)
+	}
+	return nil
+}
+
+// progress renders a bar on a terminal and periodic lines otherwise.
+type progress struct {
+	w        io.Writer
+	quiet    bool
+	tty      bool
+	start    time.Time
+	last     time.Time
+	lastDone int64
+	finished bool
+}
+
+func newProgress(w io.Writer, quiet bool) *progress {
+	p := &progress{w: w, quiet: quiet, start: time.Now()}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.tty = true
+	}
+	return p
+}
+
+func (p *progress) update(pr peer.Progress) {
+	if p.quiet || p.finished {
+		return
+	}
+	now := time.Now()
+	interval := 2 * time.Second
+	if p.tty {
+		interval = 200 * time.Millisecond
+	}
+	if now.Sub(p.last) < interval && pr.Done < pr.Total {
+		return
+	}
+	p.last = now
+	el := now.Sub(p.start).Seconds()
+	rate := float64(pr.Done-pr.Stats.BytesLocal) / max(el, 1e-3)
+	eta := "?"
+	if rate > 0 {
+		eta = (time.Duration(float64(pr.Total-pr.Done)/rate) * time.Second).Round(time.Second).String()
+	}
+	pct := 100.0
+	if pr.Total > 0 {
+		pct = 100 * float64(pr.Done) / float64(pr.Total)
+	}
+	if p.tty {
+		const width = 30
+		fill := int(pct / 100 * width)
+		fmt.Fprintf(p.w, "\r[%s%s] %5.1f%% %s/%s %s/s ETA %s   ", strings.Repeat("=", fill), strings.Repeat(" ", width-fill),
+			pct, cli.HumanBytes(pr.Done), cli.HumanBytes(pr.Total), cli.HumanBytes(int64(rate)), eta)
+	} else {
+		fmt.Fprintf(p.w, "dfget: %5.1f%% %s of %s, %s/s, ETA %s\n", pct, cli.HumanBytes(pr.Done), cli.HumanBytes(pr.Total), cli.HumanBytes(int64(rate)), eta)
+	}
+	p.lastDone = pr.Done
+}
+
+func (p *progress) finish() {
+	if !p.finished && p.tty && !p.quiet {
+		fmt.Fprintln(p.w)
+	}
+	p.finished = true
+}

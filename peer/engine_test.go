@@ -1,0 +1,311 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/integration/origin"
+	"github.com/dfly-p2p/dfly/peer/source"
+)
+
+var ctx = context.Background()
+
+type env struct {
+	origin *origin.Server
+	store  *blockstore.Store
+	url    string
+	c      origin.Content
+}
+
+func newEnv(t *testing.T, size int64) *env {
+	t.Helper()
+	o, err := origin.Start(origin.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close() })
+	s, err := blockstore.Open(t.TempDir(), blockstore.Options{GCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	c := origin.Content{Size: size, Seed: 11}
+	return &env{origin: o, store: s, url: o.Add("file.bin", c), c: c}
+}
+
+func (e *env) engine(t *testing.T, cfg Config) *Engine {
+	t.Helper()
+	cfg.Store = e.store
+	if cfg.Source == nil {
+		cfg.Source = source.New(source.Options{Timeout: 2 * time.Second, Backoff: time.Millisecond, Retries: 1})
+	}
+	eng, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eng
+}
+
+func (e *env) bytes(off, n int64) []byte {
+	b := make([]byte, n)
+	_, _ = e.c.ReadAt(b, off)
+	return b
+}
+
+func TestDownloadOriginMode(t *testing.T) {
+	e := newEnv(t, 5<<20+123)
+	eng := e.engine(t, Config{Concurrency: 3})
+	var last Progress
+	res, err := eng.Download(ctx, Request{URL: e.url, Digest: e.c.Digest("sha256")}, DownloadOptions{Progress: func(p Progress) { last = p }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Task.Verified || res.Task.State != blockstore.StateComplete {
+		t.Fatalf("task not verified: %+v", res.Task)
+	}
+	if res.Stats.BytesOrigin != e.c.Size || e.origin.BytesSent() != e.c.Size {
+		t.Fatalf("origin bytes: stats %d, origin %d, size %d", res.Stats.BytesOrigin, e.origin.BytesSent(), e.c.Size)
+	}
+	if last.Done != last.Total || last.Total != e.c.Size {
+		t.Fatalf("final progress %+v", last)
+	}
+	var out bytes.Buffer
+	if _, err := e.store.WriteTo(ctx, res.Task.ID, &out); err != nil || !bytes.Equal(out.Bytes(), e.bytes(0, e.c.Size)) {
+		t.Fatal("content differs")
+	}
+	// A second download is served from the store without the origin.
+	e.origin.ResetCounters()
+	res, err = eng.Download(ctx, Request{URL: e.url}, DownloadOptions{})
+	if err != nil || e.origin.Requests() != 0 || res.Stats.BytesLocal != e.c.Size {
+		t.Fatalf("second download: %v, origin requests %d, stats %+v", err, e.origin.Requests(), res.Stats)
+	}
+}
+
+func TestReadAtFetchesOnlyCoveringBlocks(t *testing.T) {
+	e := newEnv(t, 64<<20)
+	eng := e.engine(t, Config{})
+	task, err := eng.Open(ctx, Request{URL: e.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs := task.Info().BlockSize
+	p := make([]byte, 100)
+	if n, err := task.ReadAt(ctx, p, 3*bs-50); err != nil || n != 100 || !bytes.Equal(p, e.bytes(3*bs-50, 100)) {
+		t.Fatalf("ReadAt across a block boundary: %d %v", n, err)
+	}
+	if got := e.origin.BytesSent(); got != 2*bs {
+		t.Fatalf("origin sent %d bytes, want exactly the 2 covering blocks (%d)", got, 2*bs)
+	}
+	if n, err := task.ReadAt(ctx, p, e.c.Size-40); n != 40 || err != io.EOF || !bytes.Equal(p[:40], e.bytes(e.c.Size-40, 40)) {
+		t.Fatalf("ReadAt at the end: %d %v", n, err)
+	}
+	if _, err := task.ReadAt(ctx, p, e.c.Size); err != io.EOF {
+		t.Fatalf("ReadAt past the end: %v", err)
+	}
+	if len(task.Missing()) != task.Info().NumBlocks()-3 {
+		t.Fatalf("missing = %d", len(task.Missing()))
+	}
+}
+
+func TestWrongDigestAndOriginMD5(t *testing.T) {
+	e := newEnv(t, 2<<20)
+	eng := e.engine(t, Config{})
+	wrong := "sha256:" + string(bytes.Repeat([]byte("0"), 64))
+	_, err := eng.Download(ctx, Request{URL: e.url, Digest: wrong}, DownloadOptions{})
+	if !errors.Is(err, blockstore.ErrDigestMismatch) {
+		t.Fatalf("wrong digest: %v", err)
+	}
+	// The origin's Content-MD5 is adopted and verified when the user gives none.
+	e2 := newEnv(t, 2<<20)
+	e2.origin.SendContentMD5(true)
+	res, err := e2.engine(t, Config{}).Download(ctx, Request{URL: e2.url}, DownloadOptions{})
+	if err != nil || !res.Task.Verified || res.Task.Digest != e2.c.Digest("md5") {
+		t.Fatalf("Content-MD5: %+v %v", res.Task, err)
+	}
+}
+
+func TestOriginIgnoringRangeFallsBackToOneStream(t *testing.T) {
+	e := newEnv(t, 3<<20+5)
+	e.origin.IgnoreRange(true)
+	res, err := e.engine(t, Config{}).Download(ctx, Request{URL: e.url, Digest: e.c.Digest("sha256")}, DownloadOptions{})
+	if err != nil || !res.Task.Verified {
+		t.Fatalf("%+v %v", res.Task, err)
+	}
+}
+
+func TestResumeRestartsWhenOriginChanged(t *testing.T) {
+	e := newEnv(t, 4<<20)
+	eng := e.engine(t, Config{})
+	task, err := eng.Open(ctx, Request{URL: e.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Fetch(ctx, 0, Foreground); err != nil {
+		t.Fatal(err)
+	}
+	// Pretend the stored copy came from an older version of the file.
+	if _, err := e.store.UpdateTask(task.ID(), func(m *blockstore.Task) error { m.ETag = `"old"`; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.engine(t, Config{}).Download(ctx, Request{URL: e.url}, DownloadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Stats.BytesOrigin != e.c.Size {
+		t.Fatalf("changed origin: fetched %d, want a full refetch of %d", res.Stats.BytesOrigin, e.c.Size)
+	}
+}
+
+// fakeSwarm serves blocks from the content, lying or failing on request.
+type fakeSwarm struct {
+	e       *env
+	mu      sync.Mutex
+	fail    bool
+	lie     bool
+	block   chan struct{} // if set, FetchBlock of block 0 waits on it
+	stored  []int
+	doneErr error
+}
+
+func (f *fakeSwarm) Resolve(ctx context.Context, req Request, id string) (blockstore.Task, error) {
+	if f.fail {
+		return blockstore.Task{}, ErrSwarmUnavailable
+	}
+	return blockstore.Task{ID: id, Length: f.e.c.Size, BlockSize: blockstore.BlockSizeFor(f.e.c.Size)}, nil
+}
+
+func (f *fakeSwarm) FetchBlock(ctx context.Context, t *Task, idx int) ([]byte, From, error) {
+	if f.block != nil && idx == 0 {
+		select {
+		case <-f.block:
+		case <-ctx.Done():
+			return nil, FromPeer, ctx.Err()
+		}
+	}
+	if f.fail {
+		return nil, FromPeer, ErrSwarmUnavailable
+	}
+	m := t.Info()
+	data := f.e.bytes(int64(idx)*m.BlockSize, m.BlockLen(idx))
+	sum := sha256.Sum256(data)
+	if err := t.Engine().Store().SetBlockDigest(t.ID(), idx, sum[:]); err != nil {
+		return nil, FromPeer, err
+	}
+	if f.lie {
+		data = bytes.Clone(data)
+		data[0] ^= 1
+	}
+	return data, FromPeer, nil
+}
+
+func (f *fakeSwarm) Stored(t *Task, idx int) {
+	f.mu.Lock()
+	f.stored = append(f.stored, idx)
+	f.mu.Unlock()
+}
+func (f *fakeSwarm) Order(t *Task, missing []int) []int { return missing }
+func (f *fakeSwarm) Done(t *Task, err error)            { f.doneErr = err }
+
+func TestSwarmBlocksAndFallbacks(t *testing.T) {
+	for _, tc := range []struct {
+		name               string
+		fail, lie          bool
+		wantPeers, wantOri bool
+	}{
+		{"healthy swarm", false, false, true, false},
+		{"swarm down", true, false, false, true},
+		{"lying peer", false, true, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, 3<<20)
+			sw := &fakeSwarm{e: e, fail: tc.fail, lie: tc.lie}
+			eng := e.engine(t, Config{Swarm: sw})
+			res, err := eng.Download(ctx, Request{URL: e.url, Digest: e.c.Digest("sha256")}, DownloadOptions{})
+			if err != nil || !res.Task.Verified {
+				t.Fatalf("%+v %v", res, err)
+			}
+			if (res.Stats.BytesPeers > 0) != tc.wantPeers || (res.Stats.BytesOrigin > 0) != tc.wantOri {
+				t.Fatalf("stats %+v", res.Stats)
+			}
+			if tc.wantOri && eng.Fallbacks() == 0 {
+				t.Fatal("fallbacks not counted")
+			}
+			if len(sw.stored) != 3 || sw.doneErr != nil {
+				t.Fatalf("swarm saw stored=%v done=%v", sw.stored, sw.doneErr)
+			}
+		})
+	}
+}
+
+func TestForegroundDoesNotQueueBehindBackground(t *testing.T) {
+	e := newEnv(t, 3<<20)
+	sw := &fakeSwarm{e: e, block: make(chan struct{})}
+	eng := e.engine(t, Config{Swarm: sw, Concurrency: 1})
+	task, err := eng.Open(ctx, Request{URL: e.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bgDone := make(chan error, 1)
+	go func() { bgDone <- task.Fetch(ctx, 0, Background) }() // holds the only background slot
+	time.Sleep(50 * time.Millisecond)
+	p := make([]byte, 10)
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if _, err := task.ReadAt(rctx, p, 1<<20+5); err != nil {
+		t.Fatalf("foreground read while background is stuck: %v", err)
+	}
+	if !bytes.Equal(p, e.bytes(1<<20+5, 10)) {
+		t.Fatal("wrong bytes")
+	}
+	close(sw.block)
+	if err := <-bgDone; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConcurrentReadersShareOneFetch(t *testing.T) {
+	e := newEnv(t, 2<<20)
+	eng := e.engine(t, Config{})
+	task, _ := eng.Open(ctx, Request{URL: e.url})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := make([]byte, 4096)
+			if _, err := task.ReadAt(ctx, p, 100); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := e.origin.BytesSent(); got != 1<<20 {
+		t.Fatalf("origin sent %d bytes for one block read by 8 readers", got)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	e := newEnv(t, 1<<20)
+	eng := e.engine(t, Config{})
+	var he *source.HTTPError
+	if _, err := eng.Open(ctx, Request{URL: e.origin.URL + "/nope"}); !errors.As(err, &he) || he.Status != 404 {
+		t.Fatalf("404: %v", err)
+	}
+	if _, err := eng.Open(ctx, Request{URL: e.url, Digest: "sha256:zz"}); !errors.Is(err, blockstore.ErrInvalid) {
+		t.Fatalf("bad digest: %v", err)
+	}
+	if _, err := eng.Open(ctx, Request{}); !errors.Is(err, blockstore.ErrInvalid) {
+		t.Fatalf("empty request: %v", err)
+	}
+	e.origin.SetDown(true)
+	if _, err := eng.Open(ctx, Request{URL: e.url}); !errors.Is(err, source.ErrUnreachable) {
+		t.Fatalf("down origin: %v", err)
+	}
+}
