@@ -588,10 +588,12 @@ func (s *Store) Missing(id string) ([]int, error) {
 // ReadBlock returns a verified copy of block idx. A block that fails its
 // digest is dropped (so it will be fetched again) and ErrCorrupt returned.
 func (s *Store) ReadBlock(id string, idx int) ([]byte, error) {
-	return s.readBlock(id, idx, nil)
+	return s.readBlock(id, idx, nil, true)
 }
 
-func (s *Store) readBlock(id string, idx int, buf []byte) ([]byte, error) {
+// readBlock reads block idx into buf (reallocated if too small). With verify
+// false the SHA-256 check is left to the caller (a whole-content digest).
+func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, error) {
 	st, err := s.state(id)
 	if err != nil {
 		return nil, err
@@ -615,6 +617,10 @@ func (s *Store) readBlock(id string, idx int, buf []byte) ([]byte, error) {
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, fmt.Errorf("block %d of task %s: %w", idx, id, ErrNotFound)
+	}
+	if err == nil && !verify {
+		s.bytesRead.Add(int64(len(data)))
+		return data, nil
 	}
 	if err == nil {
 		if sum := sha256.Sum256(data); want != nil && bytes.Equal(sum[:], want) {
@@ -687,6 +693,10 @@ func (s *Store) ReadAt(id string, p []byte, off int64) (int, error) {
 
 // WriteTo streams the task's whole content, verified block by block, to w.
 func (s *Store) WriteTo(ctx context.Context, id string, w io.Writer) (int64, error) {
+	return s.writeTo(ctx, id, w, true)
+}
+
+func (s *Store) writeTo(ctx context.Context, id string, w io.Writer, verify bool) (int64, error) {
 	t, err := s.Task(id)
 	if err != nil {
 		return 0, err
@@ -697,7 +707,7 @@ func (s *Store) WriteTo(ctx context.Context, id string, w io.Writer) (int64, err
 		if err := ctx.Err(); err != nil {
 			return written, err
 		}
-		blk, err := s.readBlock(id, idx, buf)
+		blk, err := s.readBlock(id, idx, buf, verify)
 		if err != nil {
 			return written, err
 		}
@@ -727,7 +737,7 @@ func (s *Store) Scrub(ctx context.Context, id string) (int, error) {
 		if !s.HasBlock(id, idx) {
 			continue
 		}
-		blk, err := s.readBlock(id, idx, buf)
+		blk, err := s.readBlock(id, idx, buf, true)
 		switch {
 		case errors.Is(err, ErrCorrupt):
 			dropped++
@@ -741,11 +751,14 @@ func (s *Store) Scrub(ctx context.Context, id string) (int, error) {
 }
 
 // VerifyAndComplete checks the whole content against the task's digest and
-// marks the task complete. Without a declared digest it records the SHA-256 it
-// computed (Verified stays false: only the per-block digests were checked).
-// It returns ErrIncomplete when blocks are missing and ErrDigestMismatch (the
-// task stays pending) when the content does not match.
-func (s *Store) VerifyAndComplete(ctx context.Context, id string) (Task, error) {
+// marks the task complete, streaming the content to w (if not nil) in the
+// same pass. Without a declared digest it records the SHA-256 it computed
+// (Verified stays false: only the per-block digests were checked). It returns
+// ErrIncomplete when blocks are missing and ErrDigestMismatch (the task stays
+// pending) when the content does not match. When a whole-content digest is
+// checked, blocks are not re-hashed one by one (the whole digest covers them);
+// after a mismatch, Scrub tells a corrupt block from wrong content.
+func (s *Store) VerifyAndComplete(ctx context.Context, id string, w io.Writer) (Task, error) {
 	t, err := s.Task(id)
 	if err != nil {
 		return Task{}, err
@@ -761,7 +774,11 @@ func (s *Store) VerifyAndComplete(ctx context.Context, id string) (Task, error) 
 	if err != nil {
 		return t, err
 	}
-	if _, err := s.WriteTo(ctx, id, h); err != nil {
+	dst := io.Writer(h)
+	if w != nil {
+		dst = io.MultiWriter(h, w)
+	}
+	if _, err := s.writeTo(ctx, id, dst, want == ""); err != nil {
 		return t, fmt.Errorf("verify task %s: %w", id, err)
 	}
 	got := hex.EncodeToString(h.Sum(nil))

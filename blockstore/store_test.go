@@ -80,7 +80,7 @@ func TestRoundTripAndReopen(t *testing.T) {
 	if m, _ := s.Missing("t1"); len(m) != 2 || m[0] != 1 || m[1] != 2 {
 		t.Fatalf("missing after reopen = %v", m)
 	}
-	if _, err := s.VerifyAndComplete(ctx, "t1"); !errors.Is(err, ErrIncomplete) {
+	if _, err := s.VerifyAndComplete(ctx, "t1", nil); !errors.Is(err, ErrIncomplete) {
 		t.Fatalf("verify incomplete: %v", err)
 	}
 	putAll(t, s, task, data)
@@ -91,9 +91,13 @@ func TestRoundTripAndReopen(t *testing.T) {
 	if n, err := s.ReadAt("t1", buf, int64(len(data))-10); n != 10 || err != io.EOF {
 		t.Fatalf("ReadAt at end: %d %v", n, err)
 	}
-	done, err := s.VerifyAndComplete(ctx, "t1")
+	var streamed bytes.Buffer
+	done, err := s.VerifyAndComplete(ctx, "t1", &streamed)
 	if err != nil || done.State != StateComplete || !done.Verified {
 		t.Fatalf("complete: %+v %v", done, err)
+	}
+	if !bytes.Equal(streamed.Bytes(), data) {
+		t.Fatal("VerifyAndComplete streamed different bytes")
 	}
 	var out bytes.Buffer
 	if _, err := s.WriteTo(ctx, "t1", &out); err != nil || !bytes.Equal(out.Bytes(), data) {
@@ -145,7 +149,7 @@ func TestPutBlockRejectsBadData(t *testing.T) {
 		t.Fatal(err)
 	}
 	putAll(t, s, task, data)
-	if _, err := s.VerifyAndComplete(ctx, "t"); !errors.Is(err, ErrDigestMismatch) {
+	if _, err := s.VerifyAndComplete(ctx, "t", nil); !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("whole digest mismatch: %v", err)
 	}
 	if got, _ := s.Task("t"); got.State != StatePending {
@@ -166,7 +170,7 @@ func TestCorruptBlockOnDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	putAll(t, s, task, data)
-	if _, err := s.VerifyAndComplete(ctx, "c"); err != nil {
+	if _, err := s.VerifyAndComplete(ctx, "c", nil); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -215,12 +219,15 @@ func TestCorruptBlockOnDisk(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		_, err := s.VerifyAndComplete(ctx, "c")
+		_, err := s.VerifyAndComplete(ctx, "c", nil)
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, ErrCorrupt) || attempt > 4 {
+		if !(errors.Is(err, ErrCorrupt) || errors.Is(err, ErrDigestMismatch)) || attempt > 4 {
 			t.Fatalf("verify after refetch: %v", err)
+		}
+		if _, err := s.Scrub(ctx, "c"); err != nil {
+			t.Fatal(err)
 		}
 	}
 	var out bytes.Buffer
@@ -245,7 +252,7 @@ func TestQuotaEvictsLRUCompleteUnpinned(t *testing.T) {
 			t.Fatal(err)
 		}
 		putAll(t, s, p.t, p.d)
-		if _, err := s.VerifyAndComplete(ctx, p.t.ID); err != nil {
+		if _, err := s.VerifyAndComplete(ctx, p.t.ID, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -567,20 +567,40 @@ func (t *Task) block(ctx context.Context, idx int) ([]byte, error) {
 }
 
 // Complete verifies the whole content and marks the task complete. When a
-// stored block turns out corrupt, every block is scrubbed, the bad ones are
-// refetched and verification runs again (twice at most).
+// stored block turns out corrupt (or the whole digest does not match), every
+// block is scrubbed, the bad ones are refetched and verification runs again
+// (twice at most). A mismatch with no corrupt block is final.
 func (t *Task) Complete(ctx context.Context) (blockstore.Task, error) {
+	return t.complete(ctx, nil)
+}
+
+// complete is Complete streaming the verified content to w (nil: nowhere).
+// w must accept a restart: after a failed pass it is rewound via Seek, or,
+// when it cannot be, the error is returned.
+func (t *Task) complete(ctx context.Context, w io.Writer) (blockstore.Task, error) {
 	for attempt := 0; ; attempt++ {
-		meta, err := t.e.store.VerifyAndComplete(ctx, t.id)
-		if err == nil || attempt >= 2 || !(errors.Is(err, blockstore.ErrCorrupt) || errors.Is(err, blockstore.ErrIncomplete)) {
+		if attempt > 0 && w != nil {
+			if err := rewind(w); err != nil {
+				return t.Info(), err
+			}
+		}
+		meta, err := t.e.store.VerifyAndComplete(ctx, t.id, w)
+		if err == nil || attempt >= 2 {
 			return meta, err
 		}
-		if errors.Is(err, blockstore.ErrCorrupt) {
+		switch {
+		case errors.Is(err, blockstore.ErrCorrupt), errors.Is(err, blockstore.ErrDigestMismatch):
 			n, serr := t.e.store.Scrub(ctx, t.id)
 			if serr != nil {
 				return meta, serr
 			}
-			t.e.log.Warn("dropped corrupt stored blocks; fetching them again", "task", t.id, "blocks", n+1)
+			if n == 0 && errors.Is(err, blockstore.ErrDigestMismatch) {
+				return meta, err // every block is intact: the content itself is not what was declared
+			}
+			t.e.log.Warn("dropped corrupt stored blocks; fetching them again", "task", t.id, "blocks", n)
+		case errors.Is(err, blockstore.ErrIncomplete):
+		default:
+			return meta, err
 		}
 		for _, idx := range t.Missing() {
 			if err := t.Fetch(ctx, idx, Background); err != nil {
@@ -590,10 +610,31 @@ func (t *Task) Complete(ctx context.Context) (blockstore.Task, error) {
 	}
 }
 
+// rewind truncates and rewinds an output for a second verification pass.
+func rewind(w io.Writer) error {
+	type truncSeeker interface {
+		io.Seeker
+		Truncate(int64) error
+	}
+	ts, ok := w.(truncSeeker)
+	if !ok {
+		return fmt.Errorf("output cannot be rewritten after a corrupt block was found; run again")
+	}
+	if err := ts.Truncate(0); err != nil {
+		return err
+	}
+	_, err := ts.Seek(0, io.SeekStart)
+	return err
+}
+
 // DownloadOptions tune Download.
 type DownloadOptions struct {
 	// Progress, if set, is called after every stored block, never concurrently.
 	Progress func(Progress)
+	// Output, if set, receives the verified content, written in the same
+	// pass as the whole-content verification. If it is an *os.File (or has
+	// Seek and Truncate) a repair pass can rewrite it.
+	Output io.Writer
 }
 
 // Progress of a download.
@@ -631,6 +672,16 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 	meta := t.Info()
 	if meta.State == blockstore.StateComplete {
 		t.bytesLocal.Add(meta.Length)
+		if opt.Output != nil {
+			if _, err := t.e.store.WriteTo(ctx, t.id, opt.Output); err != nil {
+				if !errors.Is(err, blockstore.ErrCorrupt) {
+					return Result{Task: meta, Stats: t.Stats()}, err
+				}
+				// A block rotted since completion: repair, then write again.
+				meta, err = t.complete(ctx, opt.Output)
+				return Result{Task: meta, Stats: t.Stats()}, err
+			}
+		}
 		return Result{Task: meta, Stats: t.Stats()}, nil
 	}
 	missing := t.Missing()
@@ -681,7 +732,7 @@ feed:
 	if err := context.Cause(ctx); err != nil {
 		return Result{Task: t.Info(), Stats: t.Stats()}, err
 	}
-	meta, err := t.Complete(ctx)
+	meta, err := t.complete(ctx, opt.Output)
 	return Result{Task: meta, Stats: t.Stats()}, err
 }
 

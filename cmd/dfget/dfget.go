@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"os"
@@ -239,57 +240,96 @@ func (d *downloader) run(ctx context.Context) (string, peer.Result, error) {
 	}
 	defer eng.Close()
 
+	task, err := eng.Open(ctx, d.req)
+	if err != nil {
+		return "", peer.Result{}, err
+	}
+	out, err := newOutput(d.o.output)
+	if err != nil {
+		return "", peer.Result{}, err
+	}
+	// The store computes the content's SHA-256 while verifying unless the
+	// declared digest is MD5; only then must the output be hashed separately.
+	out.hashing = strings.HasPrefix(task.Info().Digest, "md5:")
+	defer out.abort()
 	prog := newProgress(d.stderr, d.o.quiet)
 	defer prog.finish()
-	res, err := eng.Download(ctx, d.req, peer.DownloadOptions{Progress: prog.update})
+	res, err := eng.Download(ctx, d.req, peer.DownloadOptions{Progress: prog.update, Output: out})
+	prog.finish()
 	if err != nil {
 		return "", res, err
 	}
-	prog.finish()
-	sum, err := writeOutput(ctx, store, res.Task.ID, d.o.output)
-	if errors.Is(err, blockstore.ErrCorrupt) {
-		// A stored block rotted after verification: fetch it again and retry once.
-		d.log.Warn("a stored block was corrupt; refetching", "err", err)
-		if res, err = eng.Download(ctx, d.req, peer.DownloadOptions{}); err != nil {
-			return "", res, err
-		}
-		sum, err = writeOutput(ctx, store, res.Task.ID, d.o.output)
+	if err := out.commit(); err != nil {
+		return "", res, err
 	}
-	return sum, res, err
+	if sum, ok := strings.CutPrefix(res.Task.Digest, "sha256:"); ok {
+		return sum, res, nil
+	}
+	return out.sum(), res, nil
 }
 
-// writeOutput writes the task to a temporary file beside path, syncs it and
-// renames it into place, so path only ever holds complete, verified content.
-func writeOutput(ctx context.Context, store *blockstore.Store, id, path string) (string, error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".dfly-*")
+// output is a temporary file beside the target that receives the verified
+// content (hashing it on the way) and is renamed into place only on commit,
+// so the target path only ever holds complete, verified content.
+type output struct {
+	path    string
+	f       *os.File
+	h       hash.Hash
+	hashing bool
+	done    bool
+}
+
+func newOutput(path string) (*output, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".dfly-*")
 	if err != nil {
-		return "", fmt.Errorf("create output: %w", err)
+		return nil, fmt.Errorf("create output beside %s: %w", path, err)
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	h := sha256.New()
-	if _, err := store.WriteTo(ctx, id, io.MultiWriter(tmp, h)); err != nil {
-		return "", fmt.Errorf("write %s: %w", path, err)
+	return &output{path: path, f: f, h: sha256.New()}, nil
+}
+
+func (o *output) Write(p []byte) (int, error) {
+	n, err := o.f.Write(p)
+	if o.hashing {
+		o.h.Write(p[:n])
 	}
-	if err := tmp.Sync(); err != nil {
-		return "", fmt.Errorf("write %s: %w", path, err)
+	if err != nil {
+		return n, fmt.Errorf("write %s: %w", o.path, err)
 	}
-	if err := tmp.Close(); err != nil {
-		return "", fmt.Errorf("write %s: %w", path, err)
+	return n, nil
+}
+
+// Seek and Truncate let the engine rewrite the output after a repair pass.
+func (o *output) Seek(off int64, whence int) (int64, error) { return o.f.Seek(off, whence) }
+
+func (o *output) Truncate(n int64) error {
+	o.h.Reset()
+	return o.f.Truncate(n)
+}
+
+func (o *output) sum() string { return hex.EncodeToString(o.h.Sum(nil)) }
+
+func (o *output) commit() error {
+	if err := o.f.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", o.path, err)
 	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return "", err
+	if err := o.f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", o.path, err)
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return "", fmt.Errorf("move output into place: %w", err)
+	if err := os.Chmod(o.f.Name(), 0o644); err != nil {
+		return err
 	}
-	ok = true
-	return hex.EncodeToString(h.Sum(nil)), nil
+	if err := os.Rename(o.f.Name(), o.path); err != nil {
+		return fmt.Errorf("move output into place at %s: %w", o.path, err)
+	}
+	o.done = true
+	return nil
+}
+
+func (o *output) abort() {
+	if !o.done {
+		o.f.Close()
+		os.Remove(o.f.Name())
+	}
 }
 
 type report struct {
