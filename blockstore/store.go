@@ -39,7 +39,8 @@ import (
 type Options struct {
 	// Quota caps the sum of the lengths of all tasks (bytes). 0 means no quota.
 	Quota int64
-	// MinFree is the free space (bytes) always left on the filesystem. Default 64 MiB.
+	// MinFree is the free space (bytes) always left on the filesystem: the
+	// smaller of this (default 64 MiB) and a tenth of the filesystem's size.
 	MinFree int64
 	// SyncWrites makes every block write durable against power loss (slower).
 	// Without it a killed process still loses nothing it committed.
@@ -48,9 +49,9 @@ type Options struct {
 	GCInterval time.Duration
 	// Logger receives store events. Default slog.Default().
 	Logger *slog.Logger
-	// FreeSpace reports the free bytes of the filesystem holding dir.
-	// Default: statfs. Tests replace it to simulate a full disk.
-	FreeSpace func(dir string) (int64, error)
+	// FreeSpace reports the free and total bytes of the filesystem holding
+	// dir. Default: statfs. Tests replace it to simulate a full disk.
+	FreeSpace func(dir string) (free, total int64, err error)
 }
 
 // Stats are a snapshot of a store's counters.
@@ -325,13 +326,14 @@ func (s *Store) reserve(ctx context.Context, id string, length int64) error {
 			s.evicted.Add(1)
 		}
 	}
-	free, err := s.opt.FreeSpace(s.dir)
+	free, total, err := s.opt.FreeSpace(s.dir)
 	if err != nil {
 		return fmt.Errorf("check free space of %s: %w", s.dir, err)
 	}
-	if free-length < s.opt.MinFree {
+	reserve := min(s.opt.MinFree, total/10)
+	if free-length < reserve {
 		return fmt.Errorf("task %s needs %s but %s has %s free (keeping %s in reserve): %w",
-			id, human(length), s.dir, human(free), human(s.opt.MinFree), ErrNoSpace)
+			id, human(length), s.dir, human(free), human(reserve), ErrNoSpace)
 	}
 	return nil
 }
@@ -885,12 +887,12 @@ func (s *Store) flushAccess() {
 	}
 }
 
-func statfsFree(dir string) (int64, error) {
+func statfsFree(dir string) (free, total int64, err error) {
 	var fs syscall.Statfs_t
 	if err := syscall.Statfs(dir, &fs); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return int64(fs.Bavail) * int64(fs.Bsize), nil
+	return int64(fs.Bavail) * int64(fs.Bsize), int64(fs.Blocks) * int64(fs.Bsize), nil
 }
 
 func human(n int64) string {

@@ -287,7 +287,7 @@ func TestQuotaEvictsLRUCompleteUnpinned(t *testing.T) {
 
 func TestFreeSpaceCheck(t *testing.T) {
 	free := int64(100 << 20)
-	s := openT(t, t.TempDir(), Options{MinFree: 10 << 20, FreeSpace: func(string) (int64, error) { return free, nil }})
+	s := openT(t, t.TempDir(), Options{MinFree: 10 << 20, FreeSpace: func(string) (int64, int64, error) { return free, 1 << 40, nil }})
 	if _, err := s.CreateTask(ctx, Task{ID: "big", Length: 95 << 20}); !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("want ErrNoSpace, got %v", err)
 	}
@@ -296,6 +296,14 @@ func TestFreeSpaceCheck(t *testing.T) {
 	}
 	if _, err := s.CreateTask(ctx, Task{ID: "ok", Length: 80 << 20}); err != nil {
 		t.Fatal(err)
+	}
+	// On a small filesystem the reserve shrinks to a tenth of its size.
+	small := openT(t, t.TempDir(), Options{FreeSpace: func(string) (int64, int64, error) { return 40 << 20, 50 << 20, nil }})
+	if _, err := small.CreateTask(ctx, Task{ID: "fits", Length: 30 << 20}); err != nil {
+		t.Fatalf("small filesystem: %v", err)
+	}
+	if _, err := small.CreateTask(ctx, Task{ID: "nope", Length: 36 << 20}); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("small filesystem, too big: %v", err)
 	}
 }
 
