@@ -6,7 +6,7 @@ GOBIN := $(shell $(GO) env GOPATH)/bin
 BIN   := $(CURDIR)/bin
 CMDS  := dfget dforigin
 
-.PHONY: all build deps test test-short lint demo bench bench-store bench-dfget proto clean
+.PHONY: all build deps test lint demo bench bench-store bench-dfget bench-p2p proto clean
 
 all: build
 
@@ -38,6 +38,12 @@ bench-store:
 
 bench-dfget:
 	$(GO) test -run '^$$' -bench Dfget -benchtime 3x ./cmd/dfget
+
+# The multi-host P2P benchmark (root): network namespaces, tc rate limits,
+# native vs dfly vs BitTorrent vs the physical bound; writes bench-results/
+# (table, results.json, plot.png). Quick run: make bench-p2p P2P_ARGS="--n 5,10 --size 64MB"
+bench-p2p: deps
+	$(GO) run ./integration/netbench/cmd/netbench --out bench-results $(P2P_ARGS)
 
 proto:
 	supernode/api/gen.sh

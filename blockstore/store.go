@@ -97,6 +97,12 @@ type taskState struct {
 	bitmap  Bitmap
 	digests [][]byte // nil entry = unknown
 	access  time.Time
+	// checked marks blocks whose bytes this process has hashed (written or
+	// read back verified). They are not hashed again on every read: serving
+	// a block to many peers would otherwise hash it once per upload, and each
+	// receiver verifies it anyway. Blocks found on disk at Open are checked
+	// on their first read.
+	checked Bitmap
 }
 
 // Open opens (creating if needed) the store in dir.
@@ -188,7 +194,7 @@ func (s *Store) loadAll() error {
 			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &t) }); err != nil {
 				return fmt.Errorf("load task metadata %s: %w", it.Item().Key(), err)
 			}
-			st := &taskState{task: t, bitmap: NewBitmap(t.NumBlocks()), digests: make([][]byte, t.NumBlocks()), access: t.AccessedAt}
+			st := &taskState{task: t, bitmap: NewBitmap(t.NumBlocks()), checked: NewBitmap(t.NumBlocks()), digests: make([][]byte, t.NumBlocks()), access: t.AccessedAt}
 			s.tasks[t.ID] = st
 		}
 		for id, st := range s.tasks {
@@ -299,7 +305,7 @@ func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
 	if err := s.writeTask(t); err != nil {
 		return Task{}, err
 	}
-	s.tasks[t.ID] = &taskState{task: t, bitmap: NewBitmap(t.NumBlocks()), digests: make([][]byte, t.NumBlocks()), access: now}
+	s.tasks[t.ID] = &taskState{task: t, bitmap: NewBitmap(t.NumBlocks()), checked: NewBitmap(t.NumBlocks()), digests: make([][]byte, t.NumBlocks()), access: now}
 	s.log.Debug("task created", "task", t.ID, "length", t.Length, "block_size", t.BlockSize)
 	return t, nil
 }
@@ -485,6 +491,7 @@ func (s *Store) SetBlockDigest(id string, idx int, sum []byte) error {
 	if st.digests[idx] != nil && st.bitmap.Has(idx) {
 		s.log.Warn("block digest changed; dropped stored block", "task", id, "block", idx)
 		st.bitmap.Clear(idx)
+		st.checked.Clear(idx)
 	}
 	st.digests[idx] = sum
 	return nil
@@ -549,6 +556,7 @@ func (s *Store) PutBlock(ctx context.Context, id string, idx int, data []byte) e
 		st.digests[idx] = sum[:]
 	}
 	st.bitmap.Set(idx)
+	st.checked.Set(idx)
 	s.blocksWritten.Add(1)
 	s.bytesWritten.Add(int64(len(data)))
 	return nil
@@ -587,8 +595,9 @@ func (s *Store) Missing(id string) ([]int, error) {
 	return st.bitmap.Missing(len(st.digests)), nil
 }
 
-// ReadBlock returns a verified copy of block idx. A block that fails its
-// digest is dropped (so it will be fetched again) and ErrCorrupt returned.
+// ReadBlock returns a verified copy of block idx: hashed against its digest
+// unless this process already hashed it (see taskState.checked). A block that
+// fails is dropped (so it will be fetched again) and ErrCorrupt returned.
 func (s *Store) ReadBlock(id string, idx int) ([]byte, error) {
 	return s.readBlock(id, idx, nil, true)
 }
@@ -603,6 +612,9 @@ func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, 
 	st.mu.Lock()
 	has := st.bitmap.Has(idx)
 	want := st.digests[min(max(idx, 0), len(st.digests)-1)]
+	if verify && st.checked.Has(idx) {
+		verify = false
+	}
 	st.access = time.Now().UTC()
 	st.mu.Unlock()
 	if !has {
@@ -627,6 +639,9 @@ func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, 
 	if err == nil {
 		if sum := sha256.Sum256(data); want != nil && bytes.Equal(sum[:], want) {
 			s.bytesRead.Add(int64(len(data)))
+			st.mu.Lock()
+			st.checked.Set(idx)
+			st.mu.Unlock()
 			return data, nil
 		}
 		err = fmt.Errorf("sha256 mismatch")
@@ -640,6 +655,14 @@ func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, 
 	}
 	st.mu.Unlock()
 	return nil, fmt.Errorf("block %d of task %s in %s: %v: %w", idx, id, s.dir, err, ErrCorrupt)
+}
+
+func (s *Store) uncheck(id string, idx int) {
+	if st, err := s.state(id); err == nil {
+		st.mu.Lock()
+		st.checked.Clear(idx)
+		st.mu.Unlock()
+	}
 }
 
 // DropBlock removes block idx (for example after a peer reported it bad).
@@ -660,6 +683,7 @@ func (s *Store) dropLocked(st *taskState, idx int) error {
 		return fmt.Errorf("drop block %d of task %s: %w", idx, id, err)
 	}
 	st.bitmap.Clear(idx)
+	st.checked.Clear(idx)
 	if st.task.State == StateComplete {
 		st.task.State, st.task.Verified = StatePending, false
 		return s.writeTask(st.task)
@@ -723,8 +747,9 @@ func (s *Store) writeTo(ctx context.Context, id string, w io.Writer, verify bool
 	return written, nil
 }
 
-// Scrub reads and verifies every present block of the task, dropping the
-// ones that fail (they will be fetched again). It returns how many it dropped.
+// Scrub reads and re-hashes every present block of the task (even those
+// checked before), dropping the ones that fail (they will be fetched again).
+// It returns how many it dropped.
 func (s *Store) Scrub(ctx context.Context, id string) (int, error) {
 	t, err := s.Task(id)
 	if err != nil {
@@ -739,6 +764,7 @@ func (s *Store) Scrub(ctx context.Context, id string) (int, error) {
 		if !s.HasBlock(id, idx) {
 			continue
 		}
+		s.uncheck(id, idx)
 		blk, err := s.readBlock(id, idx, buf, true)
 		switch {
 		case errors.Is(err, ErrCorrupt):
