@@ -395,7 +395,7 @@ func (t *Task) fetch(ctx context.Context, idx int, prio Priority) error {
 	meta := t.Info()
 	n := meta.BlockLen(idx)
 	if sw := t.e.cfg.Swarm; sw != nil {
-		data, from, err := sw.FetchBlock(ctx, t, idx)
+		data, from, err := sw.FetchBlock(WithPriority(ctx, prio), t, idx)
 		if err == nil {
 			err = t.e.store.PutBlock(ctx, t.id, idx, data)
 		}
@@ -685,9 +685,6 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 		return Result{Task: meta, Stats: t.Stats()}, nil
 	}
 	missing := t.Missing()
-	if sw := t.e.cfg.Swarm; sw != nil {
-		missing = sw.Order(t, missing)
-	}
 	var done atomic.Int64
 	done.Store(meta.Length - missingBytes(meta, missing))
 	t.bytesLocal.Add(done.Load())
@@ -719,14 +716,7 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 			}
 		}()
 	}
-feed:
-	for _, idx := range missing {
-		select {
-		case work <- idx:
-		case <-ctx.Done():
-			break feed
-		}
-	}
+	t.feed(ctx, missing, work)
 	close(work)
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil {
@@ -734,6 +724,34 @@ feed:
 	}
 	meta, err := t.complete(ctx, opt.Output)
 	return Result{Task: meta, Stats: t.Stats()}, err
+}
+
+// reorderEvery is how many blocks a download dispatches before asking the
+// swarm again for its preferred order (rarity changes as the swarm fills).
+const reorderEvery = 64
+
+// feed sends every block of missing to work, in the swarm's order, asking
+// for a fresh order every reorderEvery blocks.
+func (t *Task) feed(ctx context.Context, missing []int, work chan<- int) {
+	sw := t.e.cfg.Swarm
+	pending := missing
+	for len(pending) > 0 {
+		if sw != nil {
+			pending = sw.Order(t, pending)
+		}
+		n := min(reorderEvery, len(pending))
+		if sw == nil {
+			n = len(pending)
+		}
+		for _, idx := range pending[:n] {
+			select {
+			case work <- idx:
+			case <-ctx.Done():
+				return
+			}
+		}
+		pending = append([]int(nil), pending[n:]...)
+	}
 }
 
 func missingBytes(meta blockstore.Task, missing []int) int64 {

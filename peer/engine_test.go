@@ -309,3 +309,54 @@ func TestOpenErrors(t *testing.T) {
 		t.Fatalf("down origin: %v", err)
 	}
 }
+
+// reversingSwarm asks for the highest blocks first and counts Order calls.
+type reversingSwarm struct {
+	fakeSwarm
+	orders int
+}
+
+func (r *reversingSwarm) Order(t *Task, missing []int) []int {
+	r.orders++
+	out := append([]int(nil), missing...)
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
+}
+
+func TestFeedReordersEveryBatch(t *testing.T) {
+	e := newEnv(t, 1<<20)
+	sw := &reversingSwarm{fakeSwarm: fakeSwarm{e: e}}
+	eng := e.engine(t, Config{Swarm: sw})
+	task, err := eng.Open(ctx, Request{URL: e.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := make([]int, 150)
+	for i := range missing {
+		missing[i] = i
+	}
+	work := make(chan int, len(missing))
+	task.feed(ctx, missing, work)
+	close(work)
+	var got []int
+	for idx := range work {
+		got = append(got, idx)
+	}
+	if len(got) != 150 || sw.orders != 3 {
+		t.Fatalf("dispatched %d blocks with %d Order calls; want 150 and 3", len(got), sw.orders)
+	}
+	// Batch 1 is the reverse of all 150 (149..86); batch 2 reverses what is
+	// left (0..85), so it starts at 0; batch 3 reverses again.
+	if got[0] != 149 || got[63] != 86 || got[64] != 0 || got[127] != 63 || got[128] != 85 {
+		t.Fatalf("order = %v", got)
+	}
+	seen := map[int]bool{}
+	for _, idx := range got {
+		if seen[idx] {
+			t.Fatalf("block %d dispatched twice", idx)
+		}
+		seen[idx] = true
+	}
+}

@@ -44,7 +44,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dfdemo: --size %q: want a positive size like 256M\n", *size)
 		return 2
 	}
-	for _, b := range []string{"dfget"} {
+	for _, b := range []string{"dfget", "supernode", "dfdaemon"} {
 		if _, err := os.Stat(*bin + "/" + b); err != nil {
 			fmt.Fprintf(stderr, "dfdemo: %s/%s not found: run `make build` first\n", *bin, b)
 			return 2
@@ -67,5 +67,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dfdemo: %v\n", err)
 		return 1
 	}
+	if err := demoSwarm(ctx, cfg, stdout); err != nil {
+		fmt.Fprintf(stderr, "dfdemo: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, "\ndemo finished: every output matched its sha256; all processes stopped")
 	return 0
 }

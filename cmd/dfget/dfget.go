@@ -91,7 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.reportJSON, "report-json", "", "write a JSON summary of the download to `FILE`")
 	fs.StringVar(&o.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	fs.StringVar(&o.supernode, "supernode", "", "join the swarm of the supernode at `HOST:PORT` with an embedded peer")
-	fs.StringVar(&o.daemonSock, "daemon-sock", "", "download through the dfdaemon listening on `PATH`")
+	fs.StringVar(&o.daemonSock, "daemon-sock", "", "download through the dfdaemon listening on `PATH` (default: the local dfdaemon's socket when it answers and neither --store nor --supernode is given)")
 	help := fs.BoolP("help", "h", false, "show this help")
 	usage := func() string { return fmt.Sprintf(usageText, fs.FlagUsages()) }
 
@@ -123,7 +123,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	req := peer.Request{URL: url, Header: hdr, Digest: o.digest}
 	d := downloader{o: o, req: req, stderr: stderr, log: logger, rate: rate, quota: quota}
-	sum, res, err := d.run(ctx)
+	var sum string
+	var res peer.Result
+	client, err := d.daemon(ctx, fs.Changed("store") || fs.Changed("supernode"))
+	if err == nil && client != nil {
+		defer client.Close()
+		sum, res, err = d.viaDaemon(ctx, client)
+	} else if err == nil {
+		sum, res, err = d.run(ctx)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "dfget: %v\n", err)
 		return exitCode(ctx, err)
@@ -209,6 +217,38 @@ func exitCode(ctx context.Context, err error) int {
 		return exitUnreachable
 	case errors.Is(err, blockstore.ErrInvalid):
 		return exitUsage
+	case errors.Is(err, errDaemon):
+		return daemonExitCode(err.Error())
+	}
+	return exitFailure
+}
+
+// errDaemon marks a failure reported by a dfdaemon; its text carries the
+// daemon-side error, whose wording comes from the same error values.
+var errDaemon = errors.New("dfdaemon")
+
+type daemonError struct{ err error }
+
+func (e daemonError) Error() string        { return e.err.Error() }
+func (e daemonError) Unwrap() error        { return e.err }
+func (e daemonError) Is(target error) bool { return target == errDaemon }
+
+func daemonExitCode(msg string) int {
+	for _, r := range []struct {
+		sub  string
+		code int
+	}{
+		{blockstore.ErrDigestMismatch.Error(), exitDigest},
+		{blockstore.ErrQuota.Error(), exitDisk},
+		{blockstore.ErrNoSpace.Error(), exitDisk},
+		{"no space left on device", exitDisk},
+		{source.ErrUnreachable.Error(), exitUnreachable},
+		{"answered HTTP 4", exitHTTP4xx},
+		{"answered HTTP 5", exitUnreachable},
+	} {
+		if strings.Contains(msg, r.sub) {
+			return r.code
+		}
 	}
 	return exitFailure
 }
@@ -234,7 +274,18 @@ func (d *downloader) run(ctx context.Context) (string, peer.Result, error) {
 	if d.o.retries == 0 {
 		src = source.New(source.Options{Timeout: d.o.timeout, Retries: -1, Logger: d.log})
 	}
-	eng, err := peer.New(peer.Config{Store: store, Source: src, Concurrency: d.o.concurrency, DownloadRate: d.rate, Logger: d.log})
+	cfg := peer.Config{Store: store, Source: src, Concurrency: d.o.concurrency, DownloadRate: d.rate, Logger: d.log}
+	if d.o.supernode != "" {
+		// An embedded peer for the duration of the download: it fetches from
+		// the swarm (falling back to the origin) but serves nobody.
+		sw, err := peer.NewSwarm(ctx, peer.SwarmConfig{Supernode: d.o.supernode, Store: store, Logger: d.log})
+		if err != nil {
+			return "", peer.Result{}, err
+		}
+		defer sw.Close()
+		cfg.Swarm = sw
+	}
+	eng, err := peer.New(cfg)
 	if err != nil {
 		return "", peer.Result{}, err
 	}
@@ -330,6 +381,60 @@ func (o *output) abort() {
 		o.f.Close()
 		os.Remove(o.f.Name())
 	}
+}
+
+// daemon returns a client for the dfdaemon to use, or nil for an in-process
+// download. An explicit --daemon-sock must answer; the default socket is
+// used only when it answers and neither --store nor --supernode was given.
+func (d *downloader) daemon(ctx context.Context, explicitLocal bool) (*peer.DaemonClient, error) {
+	if d.o.daemonSock != "" {
+		c, err := peer.DialDaemon(ctx, d.o.daemonSock)
+		if err != nil {
+			return nil, fmt.Errorf("--daemon-sock %s: %w (is dfdaemon running?)", d.o.daemonSock, err)
+		}
+		return c, nil
+	}
+	if explicitLocal {
+		return nil, nil
+	}
+	c, err := peer.DialDaemon(ctx, peer.DefaultSocketPath())
+	if err != nil {
+		return nil, nil // no local daemon: download in this process
+	}
+	d.log.Info("using the local dfdaemon", "sock", peer.DefaultSocketPath())
+	return c, nil
+}
+
+// viaDaemon has the daemon download into its shared store and write the
+// verified output atomically.
+func (d *downloader) viaDaemon(ctx context.Context, c *peer.DaemonClient) (string, peer.Result, error) {
+	hdr := map[string]string{}
+	for k := range d.req.Header {
+		hdr[k] = d.req.Header.Get(k)
+	}
+	out, err := filepath.Abs(d.o.output)
+	if err != nil {
+		return "", peer.Result{}, err
+	}
+	prog := newProgress(d.stderr, d.o.quiet)
+	defer prog.finish()
+	r, err := c.Download(ctx, peer.DownloadRequest{URL: d.req.URL, Headers: hdr, Digest: d.req.Digest, Output: out}, func(ev peer.DownloadEvent) {
+		p := peer.Progress{Done: ev.Done, Total: ev.Total}
+		if ev.Stats != nil {
+			p.Stats = *ev.Stats
+		}
+		prog.update(p)
+	})
+	if err != nil {
+		return "", peer.Result{}, daemonError{err}
+	}
+	res := peer.Result{
+		Task:     blockstore.Task{ID: r.TaskID, Length: r.Length, Digest: r.Digest, Verified: r.Verified, State: blockstore.StateComplete},
+		Stats:    peer.TaskStats{BytesLocal: r.BytesLocal, BytesOrigin: r.BytesOrigin, BytesSeed: r.BytesSeed, BytesPeers: r.BytesPeers},
+		Duration: time.Duration(r.DurationMS) * time.Millisecond,
+		Fallback: r.Fallbacks,
+	}
+	return r.SHA256, res, nil
 }
 
 type report struct {

@@ -296,6 +296,11 @@ func TestExitCodeMapping(t *testing.T) {
 		{bg, fmt.Errorf("x: %w", source.ErrUnreachable), exitUnreachable},
 		{bg, fmt.Errorf("x: %w", blockstore.ErrInvalid), exitUsage},
 		{bg, errors.New("other"), exitFailure},
+		{bg, daemonError{errors.New("dfdaemon: task x: content is sha256:1, want sha256:2: digest mismatch")}, exitDigest},
+		{bg, daemonError{errors.New("dfdaemon: task x needs 1 GiB but the store quota is 1 MiB: store quota exceeded")}, exitDisk},
+		{bg, daemonError{errors.New("dfdaemon: ask origin: origin http://x/f answered HTTP 404 Not Found")}, exitHTTP4xx},
+		{bg, daemonError{errors.New("dfdaemon: GET http://x/f: origin unreachable: dial tcp: refused")}, exitUnreachable},
+		{bg, daemonError{errors.New("dfdaemon: something else")}, exitFailure},
 		{cancelled, errors.New("anything"), exitInterrupted},
 	}
 	for _, c := range cases {

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/dfly-p2p/dfly/cmd/internal/cli"
+	"github.com/dfly-p2p/dfly/peer"
+)
+
+const usageText = `Usage: dfdaemon --supernode HOST:PORT [flags]
+
+Runs the dfly peer of this host: block store, upload server for other peers,
+P2P downloads through the supernode, and the local API (unix socket) that
+dfget uses. Without --supernode it serves dfget in origin mode only.
+
+When ready it prints one line:
+  dfdaemon ready sock=PATH upload=HOST:PORT
+and it leaves the swarm cleanly on SIGINT/SIGTERM.
+
+Flags:
+%s
+Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage.
+`
+
+// options are the parsed flags.
+type options struct {
+	cfg                             peer.DaemonConfig
+	quota, uploadRate, downloadRate string
+	logLevel                        string
+}
+
+// usageError is a command-line mistake; run prints it with the usage text.
+type usageError struct {
+	err   error
+	usage string
+}
+
+func (u *usageError) Error() string { return u.err.Error() }
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := pflag.NewFlagSet("dfdaemon", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.cfg.Supernode, "supernode", "", "supernode gRPC address HOST:PORT (empty: origin mode, no P2P)")
+	fs.StringVar(&o.cfg.Listen, "listen", "0.0.0.0:8003", "upload server listen address")
+	fs.StringVar(&o.cfg.Advertise, "advertise", "", "HOST:PORT other peers reach the upload server at (default: derived from --listen)")
+	fs.StringVar(&o.cfg.Sock, "sock", peer.DefaultSocketPath(), "local API unix socket")
+	fs.StringVar(&o.cfg.StoreDir, "store", cli.DefaultStoreDir(), "block store directory")
+	fs.StringVar(&o.quota, "quota", "0", "block store quota (e.g. 20G; 0 = none)")
+	fs.StringVar(&o.cfg.HostID, "host-id", "", "host ID used with the supernode (default: hostname/advertise address)")
+	fs.StringVar(&o.cfg.IDC, "idc", "", "locality label: data center")
+	fs.StringVar(&o.cfg.Rack, "rack", "", "locality label: rack")
+	fs.StringVar(&o.uploadRate, "upload-rate", "0", "upload rate limit for the host (e.g. 100M = 100 MiB/s; 0 = unlimited)")
+	fs.StringVar(&o.downloadRate, "download-rate", "0", "download rate limit for the host (0 = unlimited)")
+	fs.IntVar(&o.cfg.MaxUploads, "max-uploads", 16, "concurrent uploads; more get HTTP 429")
+	fs.IntVar(&o.cfg.Concurrency, "concurrency", 8, "parallel block fetches per download")
+	fs.DurationVar(&o.cfg.BlockTimeout, "block-timeout", 60*time.Second, "give a block up to the origin when the swarm has not delivered it within this time")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&o.cfg.CorruptUploads, "debug-corrupt-uploads", false, "TEST HOOK: serve every block with one byte flipped (to test liar detection); never use in production")
+	help := fs.BoolP("help", "h", false, "show this help")
+	usage := fmt.Sprintf(usageText, fs.FlagUsages())
+	if err := fs.Parse(args); err != nil {
+		return o, &usageError{err, usage}
+	}
+	if *help {
+		fmt.Fprint(stderr, usage)
+		return o, errHelp
+	}
+	if fs.NArg() > 0 {
+		return o, &usageError{fmt.Errorf("unexpected arguments %q", fs.Args()), usage}
+	}
+	var err error
+	for _, f := range []struct {
+		name string
+		s    string
+		dst  *int64
+	}{{"quota", o.quota, &o.cfg.Quota}, {"upload-rate", o.uploadRate, &o.cfg.UploadRate}, {"download-rate", o.downloadRate, &o.cfg.DownloadRate}} {
+		if *f.dst, err = cli.ParseSize(f.s); err != nil {
+			return o, &usageError{fmt.Errorf("--%s: %w", f.name, err), usage}
+		}
+	}
+	return o, nil
+}
+
+var errHelp = errors.New("help requested")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, errHelp) {
+		return 0
+	}
+	if ue := (*usageError)(nil); errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "dfdaemon: %v\n\n%s", ue.err, ue.usage)
+		return 2
+	}
+	log, err := cli.NewLogger(o.logLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "dfdaemon:", err)
+		return 2
+	}
+	o.cfg.Logger = log
+	if o.cfg.CorruptUploads {
+		log.Warn("TEST HOOK --debug-corrupt-uploads is on: this host serves corrupt blocks")
+	}
+	d, err := peer.StartDaemon(ctx, o.cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "dfdaemon:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "dfdaemon ready sock=%s upload=%s\n", d.SockPath(), d.UploadAddr())
+	<-ctx.Done()
+	log.Info("shutting down")
+	if err := d.Close(); err != nil {
+		fmt.Fprintln(stderr, "dfdaemon: shutdown:", err)
+		return 1
+	}
+	return 0
+}

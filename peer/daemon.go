@@ -1,0 +1,286 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/peer/source"
+)
+
+// DaemonConfig configures a Daemon (one per host: it owns the host's block store).
+type DaemonConfig struct {
+	// Supernode is the supernode's gRPC address; empty = origin mode (no swarm, no uploads).
+	Supernode string
+	// Listen is the upload server's address (default 0.0.0.0:8003).
+	Listen string
+	// Advertise is the HOST:PORT peers reach the upload server at (default:
+	// the listen address, with an unspecified host replaced by this host's first
+	// non-loopback IPv4).
+	Advertise string
+	// Sock is the local API's unix socket (default DefaultSocketPath()).
+	Sock string
+	// StoreDir is the block store directory. Required.
+	StoreDir string
+	// Quota caps the store (bytes); 0 = none.
+	Quota int64
+	// HostID overrides the ID used with the supernode.
+	HostID    string
+	IDC, Rack string
+	// UploadRate and DownloadRate cap the host's traffic in bytes/s; 0 = unlimited.
+	UploadRate, DownloadRate int64
+	// MaxUploads caps concurrent uploads (default 16).
+	MaxUploads int
+	// Concurrency is the number of parallel block fetches per download (default 8).
+	Concurrency int
+	// BlockTimeout: see SwarmConfig.BlockTimeout.
+	BlockTimeout time.Duration
+	// CorruptUploads is a TEST HOOK (dfdaemon --debug-corrupt-uploads): the
+	// upload server flips a byte of every block it serves.
+	CorruptUploads bool
+	Logger         *slog.Logger
+}
+
+// Daemon is a running dfdaemon: block store, engine, swarm, upload server and local API.
+type Daemon struct {
+	cfg    DaemonConfig
+	log    *slog.Logger
+	store  *blockstore.Store
+	engine *Engine
+	swarm  *SupernodeSwarm // nil in origin mode
+	upload *UploadServer
+	sock   string
+	advert string
+
+	upLn, sockLn net.Listener
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+	closeOnce    sync.Once
+	downloads    atomic.Int64
+}
+
+// StartDaemon opens the store, starts the upload server, joins the swarm and
+// serves the local API. Stop it with Close.
+func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
+	if cfg.StoreDir == "" {
+		return nil, fmt.Errorf("dfdaemon: no store directory (--store DIR): %w", blockstore.ErrInvalid)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "0.0.0.0:8003"
+	}
+	if cfg.Sock == "" {
+		cfg.Sock = DefaultSocketPath()
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, sock: cfg.Sock}
+	var cleanup []func()
+	defer func() {
+		if err != nil {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				cleanup[i]()
+			}
+		}
+	}()
+	d.store, err = blockstore.Open(cfg.StoreDir, blockstore.Options{Quota: cfg.Quota, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, func() { d.store.Close() })
+
+	if cfg.Supernode != "" {
+		d.upLn, err = net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("dfdaemon: upload server cannot listen on %s (another dfdaemon? pass --listen): %w", cfg.Listen, err)
+		}
+		cleanup = append(cleanup, func() { d.upLn.Close() })
+		d.advert = cfg.Advertise
+		if d.advert == "" {
+			d.advert = advertiseAddr(d.upLn.Addr().(*net.TCPAddr))
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Sock), 0o755); err != nil {
+		return nil, fmt.Errorf("dfdaemon: create socket directory: %w", err)
+	}
+	if c, derr := DialDaemon(ctx, cfg.Sock); derr == nil {
+		c.Close()
+		return nil, fmt.Errorf("dfdaemon: another dfdaemon already answers on %s; stop it or pass --sock", cfg.Sock)
+	}
+	_ = os.Remove(cfg.Sock) // stale socket of a dead daemon
+	d.sockLn, err = net.Listen("unix", cfg.Sock)
+	if err != nil {
+		return nil, fmt.Errorf("dfdaemon: listen on %s: %w", cfg.Sock, err)
+	}
+	cleanup = append(cleanup, func() { d.sockLn.Close(); os.Remove(cfg.Sock) })
+	if err := os.Chmod(cfg.Sock, 0o666); err != nil {
+		return nil, fmt.Errorf("dfdaemon: chmod %s: %w", cfg.Sock, err)
+	}
+
+	var sw Swarm
+	if cfg.Supernode != "" {
+		d.upload = NewUploadServer(UploadConfig{Store: d.store, Rate: cfg.UploadRate, MaxUploads: cfg.MaxUploads,
+			CorruptUploads: cfg.CorruptUploads, Logger: cfg.Logger})
+		d.swarm, err = NewSwarm(ctx, SwarmConfig{
+			Supernode: cfg.Supernode, Store: d.store, HostID: cfg.HostID, UploadAddr: d.advert,
+			IDC: cfg.IDC, Rack: cfg.Rack, UploadCapacity: cfg.UploadRate, BlockTimeout: cfg.BlockTimeout,
+			UploadStats: func() (int32, int64) {
+				s := d.upload.Stats()
+				return s.InFlight, s.BytesServed
+			},
+			Logger: cfg.Logger,
+		})
+		if err != nil {
+			return nil, err
+		}
+		cleanup = append(cleanup, func() { d.swarm.Close() })
+		d.upload.cfg.Tokens = d.swarm
+		sw = d.swarm
+	}
+	d.engine, err = New(Config{Store: d.store, Source: source.New(source.Options{Logger: cfg.Logger}),
+		Concurrency: cfg.Concurrency, DownloadRate: cfg.DownloadRate, Logger: cfg.Logger, Swarm: sw})
+	if err != nil {
+		return nil, err
+	}
+
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.cancel = cancel
+	if d.upload != nil {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if err := d.upload.Serve(sctx, d.upLn); err != nil {
+				d.log.Error("upload server stopped", "err", err)
+			}
+		}()
+	}
+	api := &localAPI{d: d, log: cfg.Logger}
+	srv := &http.Server{Handler: api.handler(), ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if cred, ok := peerCred(c); ok {
+				return context.WithValue(ctx, credKey{}, cred)
+			}
+			return ctx
+		}}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Serve(d.sockLn) }()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("local API stopped", "err", err)
+			}
+			return
+		case <-sctx.Done():
+		}
+		shctx, c := context.WithTimeout(context.Background(), 3*time.Second)
+		defer c()
+		if err := srv.Shutdown(shctx); err != nil {
+			srv.Close()
+		}
+		<-errc
+	}()
+	return d, nil
+}
+
+// advertiseAddr turns a listen address into one peers can reach.
+func advertiseAddr(a *net.TCPAddr) string {
+	if !a.IP.IsUnspecified() {
+		return a.String()
+	}
+	host := "127.0.0.1"
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, ad := range addrs {
+			if ipn, ok := ad.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+				host = ipn.IP.String()
+				break
+			}
+		}
+	}
+	return net.JoinHostPort(host, fmt.Sprint(a.Port))
+}
+
+// UploadAddr is the advertised upload address ("" in origin mode).
+func (d *Daemon) UploadAddr() string { return d.advert }
+
+// SockPath is the local API's socket.
+func (d *Daemon) SockPath() string { return d.sock }
+
+// Engine returns the daemon's engine.
+func (d *Daemon) Engine() *Engine { return d.engine }
+
+// Stats returns the daemon's counters.
+func (d *Daemon) Stats() DaemonStats {
+	s := DaemonStats{UploadAddr: d.advert, Store: d.store.Stats(), Fallbacks: d.engine.Fallbacks(), Downloads: d.downloads.Load()}
+	if d.upload != nil {
+		s.Upload = d.upload.Stats()
+	}
+	if d.swarm != nil {
+		ss := d.swarm.Stats()
+		s.Swarm = &ss
+		s.HostID = d.swarm.HostID()
+	}
+	return s
+}
+
+// Download downloads dr through the engine and writes the output (see the local API).
+func (d *Daemon) Download(ctx context.Context, dr DownloadRequest, cred *syscall.Ucred, progress func(Progress)) (DownloadResult, error) {
+	d.downloads.Add(1)
+	req := Request{URL: dr.URL, Digest: dr.Digest, TaskID: dr.TaskID, Tag: dr.Tag}
+	if len(dr.Headers) > 0 {
+		req.Header = http.Header{}
+		for k, v := range dr.Headers {
+			req.Header.Set(k, v)
+		}
+	}
+	start := time.Now()
+	res, err := d.engine.Download(ctx, req, DownloadOptions{Progress: progress})
+	if err != nil {
+		return DownloadResult{}, fmt.Errorf("download %s: %w", dr.URL, err)
+	}
+	out := DownloadResult{
+		TaskID: res.Task.ID, Output: dr.Output, Length: res.Task.Length, Digest: res.Task.Digest, Verified: res.Task.Verified,
+		BytesLocal: res.Stats.BytesLocal, BytesOrigin: res.Stats.BytesOrigin, BytesSeed: res.Stats.BytesSeed,
+		BytesPeers: res.Stats.BytesPeers, Fallbacks: res.Fallback,
+	}
+	if dr.Output != "" {
+		sum, err := writeOutput(ctx, d.store, res.Task.ID, dr.Output, cred)
+		if err != nil {
+			return DownloadResult{}, err
+		}
+		out.SHA256 = sum
+	} else if algo, hexsum, err := blockstore.ParseDigest(res.Task.Digest); err == nil && algo == "sha256" {
+		out.SHA256 = hexsum
+	}
+	out.DurationMS = time.Since(start).Milliseconds()
+	d.log.Info("download complete", "task", out.TaskID, "bytes", out.Length, "origin", out.BytesOrigin,
+		"seed", out.BytesSeed, "peers", out.BytesPeers, "fallbacks", out.Fallbacks, "ms", out.DurationMS)
+	return out, nil
+}
+
+// Close stops serving, leaves the swarm and closes the store.
+func (d *Daemon) Close() error {
+	var err error
+	d.closeOnce.Do(func() {
+		d.cancel()
+		d.wg.Wait()
+		if d.swarm != nil {
+			err = errors.Join(err, d.swarm.Close())
+		}
+		err = errors.Join(err, d.engine.Close(), d.store.Close())
+		os.Remove(d.sock)
+	})
+	return err
+}

@@ -1,0 +1,230 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/dfly-p2p/dfly/blockstore"
+)
+
+// Data plane: every peer (and the supernode's seed) serves the blocks it
+// holds and has verified over plain HTTP:
+//
+//	GET /blocks/{task_id}/{index}
+//	X-Dfly-Token: hex(HMAC-SHA256(token_key, task_id))   (token_key comes from the supernode)
+//	Range: optional
+//
+// Answers: 200/206 with the block's bytes and X-Dfly-Digest (sha256 hex);
+// 404 when the block is not held (or failed verification on read); 403 on
+// a bad token; 429 when more than MaxUploads uploads are in flight.
+
+// TokenHeader carries the task token on block requests.
+const TokenHeader = "X-Dfly-Token"
+
+// DigestHeader carries the block's sha256 (hex) on block responses.
+const DigestHeader = "X-Dfly-Digest"
+
+// TaskToken computes the token of a task under key: hex(HMAC-SHA256(key, taskID)).
+func TaskToken(key []byte, taskID string) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(taskID))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// TokenChecker decides whether a block request's token is valid for a task.
+// *SupernodeSwarm implements it with the keys the supernode handed out.
+type TokenChecker interface {
+	ValidToken(taskID, token string) bool
+}
+
+// UploadConfig configures an UploadServer.
+type UploadConfig struct {
+	Store *blockstore.Store
+	// Tokens checks X-Dfly-Token; nil accepts every request (tests, trusted networks).
+	Tokens TokenChecker
+	// Rate caps the host's total upload in bytes/s; 0 = unlimited.
+	Rate int64
+	// MaxUploads caps concurrent uploads; beyond it requests get 429. Default 16.
+	MaxUploads int
+	// CorruptUploads is a TEST HOOK: every block served has one byte flipped,
+	// so tests can check that a lying peer is detected and isolated. Never
+	// enable it in production (dfdaemon --debug-corrupt-uploads).
+	CorruptUploads bool
+	Logger         *slog.Logger
+}
+
+// UploadStats are the upload server's counters.
+type UploadStats struct {
+	BytesServed int64 `json:"bytes_served"`
+	Blocks      int64 `json:"blocks_served"`
+	InFlight    int32 `json:"uploads_in_flight"`
+	Busy        int64 `json:"rejected_busy"`
+	Forbidden   int64 `json:"rejected_token"`
+	NotFound    int64 `json:"not_found"`
+}
+
+// UploadServer serves verified blocks of a store to other peers.
+type UploadServer struct {
+	cfg     UploadConfig
+	limiter *rate.Limiter // nil = unlimited
+	burst   int
+	log     *slog.Logger
+
+	bytes     atomic.Int64
+	blocks    atomic.Int64
+	inflight  atomic.Int32
+	busy      atomic.Int64
+	forbidden atomic.Int64
+	notFound  atomic.Int64
+}
+
+// NewUploadServer returns an upload server; serve it with Serve or use it as an http.Handler.
+func NewUploadServer(cfg UploadConfig) *UploadServer {
+	if cfg.MaxUploads <= 0 {
+		cfg.MaxUploads = 16
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	u := &UploadServer{cfg: cfg, log: cfg.Logger, burst: 64 << 10}
+	if cfg.Rate > 0 {
+		// A burst of 1/20 s of the rate (at least 16 KiB, at most 256 KiB)
+		// keeps the shaping smooth without costing a wake-up per packet.
+		u.burst = int(min(max(cfg.Rate/20, 16<<10), 256<<10))
+		u.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), u.burst)
+	}
+	return u
+}
+
+// Stats returns the server's counters.
+func (u *UploadServer) Stats() UploadStats {
+	return UploadStats{
+		BytesServed: u.bytes.Load(), Blocks: u.blocks.Load(), InFlight: u.inflight.Load(),
+		Busy: u.busy.Load(), Forbidden: u.forbidden.Load(), NotFound: u.notFound.Load(),
+	}
+}
+
+// Serve serves HTTP on ln until ctx is done, then shuts down (waiting up to 5s for uploads).
+func (u *UploadServer) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: u, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("upload server on %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	<-errc
+	return nil
+}
+
+// parseBlockPath parses "/blocks/{task}/{idx}".
+func parseBlockPath(p string) (task string, idx int, ok bool) {
+	rest, found := strings.CutPrefix(p, "/blocks/")
+	if !found {
+		return "", 0, false
+	}
+	task, num, found := strings.Cut(rest, "/")
+	if !found || task == "" || strings.Contains(num, "/") {
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(num)
+	if err != nil || n < 0 {
+		return "", 0, false
+	}
+	return task, n, true
+}
+
+// ServeHTTP implements the block endpoint.
+func (u *UploadServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		http.Error(w, "only GET and HEAD", http.StatusMethodNotAllowed)
+		return
+	}
+	task, idx, ok := parseBlockPath(r.URL.Path)
+	if !ok {
+		http.Error(w, "want /blocks/{task}/{index}", http.StatusNotFound)
+		return
+	}
+	if u.cfg.Tokens != nil && !u.cfg.Tokens.ValidToken(task, r.Header.Get(TokenHeader)) {
+		u.forbidden.Add(1)
+		http.Error(w, "missing or invalid "+TokenHeader+" for this task", http.StatusForbidden)
+		return
+	}
+	if n := u.inflight.Add(1); int(n) > u.cfg.MaxUploads {
+		u.inflight.Add(-1)
+		u.busy.Add(1)
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many uploads in flight", http.StatusTooManyRequests)
+		return
+	}
+	defer u.inflight.Add(-1)
+
+	data, err := u.cfg.Store.ReadBlock(task, idx) // verifies; a corrupt block is dropped
+	if err != nil {
+		u.notFound.Add(1)
+		if errors.Is(err, blockstore.ErrNotFound) || errors.Is(err, blockstore.ErrCorrupt) {
+			http.Error(w, "block not held", http.StatusNotFound)
+		} else {
+			http.Error(w, "block not available", http.StatusNotFound)
+		}
+		return
+	}
+	sum := sha256.Sum256(data)
+	if u.cfg.CorruptUploads && len(data) > 0 {
+		data[len(data)/2] ^= 0xff
+	}
+	w.Header().Set(DigestHeader, hex.EncodeToString(sum[:]))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	lw := &limitedWriter{ResponseWriter: w, ctx: r.Context(), lim: u.limiter, chunk: u.burst, n: &u.bytes}
+	http.ServeContent(lw, r, "", time.Time{}, bytes.NewReader(data))
+	u.blocks.Add(1)
+}
+
+// limitedWriter paces writes through a shared rate limiter and counts bytes.
+type limitedWriter struct {
+	http.ResponseWriter
+	ctx   context.Context
+	lim   *rate.Limiter
+	chunk int
+	n     *atomic.Int64
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		c := min(len(p), l.chunk)
+		if l.lim != nil {
+			if err := l.lim.WaitN(l.ctx, c); err != nil {
+				return written, fmt.Errorf("upload rate limiter: %w", err)
+			}
+		}
+		m, err := l.ResponseWriter.Write(p[:c])
+		written += m
+		l.n.Add(int64(m))
+		if err != nil {
+			return written, err
+		}
+		p = p[c:]
+	}
+	return written, nil
+}
