@@ -401,8 +401,8 @@ func (s *Store) UpdateTask(id string, fn func(*Task) error) (Task, error) {
 			return Task{}, err
 		}
 	}
-	if t.Digest != st.task.Digest && t.State == StateComplete {
-		t.State, t.Verified = StatePending, false // must be verified again against the new digest
+	if t.Digest != st.task.Digest && st.task.State == StateComplete && t.State == StateComplete {
+		t.State, t.Verified = StatePending, false // a complete task must be verified again against a new digest
 	}
 	if err := s.writeTask(t); err != nil {
 		return Task{}, err

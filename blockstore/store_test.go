@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -410,5 +411,25 @@ func TestScrubDropsEveryCorruptBlock(t *testing.T) {
 	}
 	if m, _ := s.Missing("s"); len(m) != 2 || m[0] != 1 || m[1] != 3 {
 		t.Fatalf("missing after scrub = %v", m)
+	}
+}
+
+func TestCompleteWithoutDeclaredDigest(t *testing.T) {
+	s := openT(t, t.TempDir(), Options{})
+	task, data := content("nd", 3*4096)
+	want := task.Digest
+	task.Digest = ""
+	if _, err := s.CreateTask(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	putAll(t, s, task, data)
+	got, err := s.VerifyAndComplete(ctx, "nd", nil)
+	if err != nil || got.State != StateComplete || got.Verified || got.Digest != want {
+		t.Fatalf("complete without digest: %+v %v (want digest %s recorded, not verified)", got, err, want)
+	}
+	// Declaring a different digest on a complete task makes it pending again.
+	other := "sha256:" + strings.Repeat("1", 64)
+	if upd, err := s.UpdateTask("nd", func(m *Task) error { m.Digest = other; return nil }); err != nil || upd.State != StatePending {
+		t.Fatalf("new digest on complete task: %+v %v", upd, err)
 	}
 }

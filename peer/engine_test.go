@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -79,6 +80,10 @@ func TestDownloadOriginMode(t *testing.T) {
 	var out bytes.Buffer
 	if _, err := e.store.WriteTo(ctx, res.Task.ID, &out); err != nil || !bytes.Equal(out.Bytes(), e.bytes(0, e.c.Size)) {
 		t.Fatal("content differs")
+	}
+	if res2, err := e.engine(t, Config{}).Download(ctx, Request{URL: e.origin.Add("nodigest", origin.Content{Size: 3 << 20, Seed: 9})}, DownloadOptions{}); err != nil ||
+		res2.Task.State != blockstore.StateComplete || res2.Task.Verified || !strings.HasPrefix(res2.Task.Digest, "sha256:") {
+		t.Fatalf("download without a declared digest: %+v %v", res2.Task, err)
 	}
 	// A second download is served from the store without the origin.
 	e.origin.ResetCounters()
