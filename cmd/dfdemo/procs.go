@@ -17,8 +17,14 @@ import (
 // procs starts child processes and stops every one of them on Stop.
 type procs struct {
 	mu   sync.Mutex
-	list []*exec.Cmd
+	list []*proc
 	logs string
+}
+
+// proc is one started process; exited is closed once Wait returned.
+type proc struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
 }
 
 // start runs bin with args, logging to logs/NAME.log, and waits until a
@@ -37,8 +43,9 @@ func (p *procs) start(ctx context.Context, name, bin string, ready string, args 
 		logf.Close()
 		return nil, "", fmt.Errorf("start %s: %w", name, err)
 	}
+	pr0 := &proc{cmd: cmd, exited: make(chan struct{})}
 	p.mu.Lock()
-	p.list = append(p.list, cmd)
+	p.list = append(p.list, pr0)
 	p.mu.Unlock()
 	lines := make(chan string, 16)
 	go func() { // drains the pipe for the life of the process
@@ -55,6 +62,7 @@ func (p *procs) start(ctx context.Context, name, bin string, ready string, args 
 		_ = cmd.Wait()
 		pw.Close()
 		logf.Close()
+		close(pr0.exited)
 	}()
 	timeout := time.NewTimer(60 * time.Second)
 	defer timeout.Stop()
@@ -79,24 +87,23 @@ func (p *procs) start(ctx context.Context, name, bin string, ready string, args 
 	}
 }
 
-// stop sends SIGTERM to every process group, then SIGKILL after a grace period.
+// stop sends SIGTERM to every process group, then SIGKILL after a grace
+// period, and waits for every process to be reaped.
 func (p *procs) stop() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, c := range p.list {
-		if c.Process != nil {
-			_ = syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
-		}
+		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for _, c := range p.list {
-		for c.ProcessState == nil && time.Now().Before(deadline) {
-			if err := syscall.Kill(c.Process.Pid, 0); err != nil {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
+		select {
+		case <-c.exited:
+		case <-time.After(time.Until(deadline)):
+			_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+			<-c.exited
 		}
-		_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL) // stragglers in the group
 	}
 	p.list = nil
 }
