@@ -103,6 +103,9 @@ type taskState struct {
 	// receiver verifies it anyway. Blocks found on disk at Open are checked
 	// on their first read.
 	checked Bitmap
+	// gen counts writes of each block, so that a read that found a block
+	// corrupt drops it only if nobody stored a good copy since.
+	gen []uint32
 }
 
 // Open opens (creating if needed) the store in dir.
@@ -194,7 +197,7 @@ func (s *Store) loadAll() error {
 			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &t) }); err != nil {
 				return fmt.Errorf("load task metadata %s: %w", it.Item().Key(), err)
 			}
-			st := &taskState{task: t, bitmap: NewBitmap(t.NumBlocks()), checked: NewBitmap(t.NumBlocks()), digests: make([][]byte, t.NumBlocks()), access: t.AccessedAt}
+			st := &taskState{task: t, bitmap: NewBitmap(t.NumBlocks()), checked: NewBitmap(t.NumBlocks()), gen: make([]uint32, t.NumBlocks()), digests: make([][]byte, t.NumBlocks()), access: t.AccessedAt}
 			s.tasks[t.ID] = st
 		}
 		for id, st := range s.tasks {
@@ -305,7 +308,7 @@ func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
 	if err := s.writeTask(t); err != nil {
 		return Task{}, err
 	}
-	s.tasks[t.ID] = &taskState{task: t, bitmap: NewBitmap(t.NumBlocks()), checked: NewBitmap(t.NumBlocks()), digests: make([][]byte, t.NumBlocks()), access: now}
+	s.tasks[t.ID] = &taskState{task: t, bitmap: NewBitmap(t.NumBlocks()), checked: NewBitmap(t.NumBlocks()), gen: make([]uint32, t.NumBlocks()), digests: make([][]byte, t.NumBlocks()), access: now}
 	s.log.Debug("task created", "task", t.ID, "length", t.Length, "block_size", t.BlockSize)
 	return t, nil
 }
@@ -557,6 +560,7 @@ func (s *Store) PutBlock(ctx context.Context, id string, idx int, data []byte) e
 	}
 	st.bitmap.Set(idx)
 	st.checked.Set(idx)
+	st.gen[idx]++
 	s.blocksWritten.Add(1)
 	s.bytesWritten.Add(int64(len(data)))
 	return nil
@@ -615,6 +619,10 @@ func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, 
 	if verify && st.checked.Has(idx) {
 		verify = false
 	}
+	var gen uint32
+	if idx >= 0 && idx < len(st.gen) {
+		gen = st.gen[idx]
+	}
 	st.access = time.Now().UTC()
 	st.mu.Unlock()
 	if !has {
@@ -650,8 +658,10 @@ func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, 
 	s.corrupt.Add(1)
 	s.log.Error("stored block failed verification; dropping it", "task", id, "block", idx, "err", err)
 	st.mu.Lock()
-	if derr := s.dropLocked(st, idx); derr != nil {
-		s.log.Error("drop corrupt block", "task", id, "block", idx, "err", derr)
+	if st.gen[idx] == gen { // not re-stored meanwhile
+		if derr := s.dropLocked(st, idx); derr != nil {
+			s.log.Error("drop corrupt block", "task", id, "block", idx, "err", derr)
+		}
 	}
 	st.mu.Unlock()
 	return nil, fmt.Errorf("block %d of task %s in %s: %v: %w", idx, id, s.dir, err, ErrCorrupt)

@@ -1,0 +1,125 @@
+// Command supernode runs dfly's control plane: the scheduler (gRPC), the
+// streaming seed and the seed's upload server (HTTP, also /debug/state).
+//
+// When ready it prints one line to stdout:
+//
+//	supernode listening grpc=ADDR upload=ADDR
+//
+// and it shuts down cleanly on SIGINT or SIGTERM.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/dfly-p2p/dfly/supernode"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "supernode:", err)
+		os.Exit(1)
+	}
+}
+
+// run parses args, starts the supernode and serves until ctx ends.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := pflag.NewFlagSet("supernode", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cfg       supernode.Config
+		quota     byteSize
+		rate      byteSize
+		logLevel  string
+		heartbeat time.Duration
+	)
+	fs.StringVar(&cfg.GRPCListen, "listen", "0.0.0.0:8002", "gRPC control-plane listen address")
+	fs.StringVar(&cfg.UploadListen, "upload-listen", ":8001", "listen address of the seed's upload server (also serves GET /debug/state)")
+	fs.StringVar(&cfg.Advertise, "advertise", "", "host:port peers use to reach the upload server (default: derived from --upload-listen)")
+	fs.StringVar(&cfg.StoreDir, "store", "", "directory of the seed's block store and token key (required)")
+	fs.Var(&quota, "quota", "cap on the seed's store, e.g. 50G (K, M, G, T are powers of 1024; 0 = none)")
+	fs.Var(&rate, "upload-rate", "upload rate limit of the seed in bytes/s, e.g. 100M (0 = unlimited)")
+	fs.IntVar(&cfg.MaxUploads, "max-uploads", 64, "maximum concurrent uploads from the seed (more get HTTP 429)")
+	fs.IntVar(&cfg.SeedConcurrency, "seed-concurrency", 6, "parallel Range requests to the origin per task")
+	fs.DurationVar(&heartbeat, "heartbeat", 2*time.Second, "heartbeat interval given to peers; a peer silent for 3 intervals expires")
+	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q; see --help", fs.Args())
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+	}
+	if cfg.StoreDir == "" {
+		return errors.New("--store DIR is required (the seed's block store and token key live there)")
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Quota, cfg.UploadRate = int64(quota), int64(rate)
+	cfg.Scheduler.HeartbeatInterval = heartbeat
+	cfg.Logger = log
+
+	sn, err := supernode.Start(cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "supernode listening grpc=%s upload=%s\n", sn.GRPCAddr(), sn.UploadAddr())
+	log.Info("supernode ready", "grpc", sn.GRPCAddr(), "upload", sn.UploadAddr(), "advertise", sn.Advertise(), "store", cfg.StoreDir)
+	<-ctx.Done()
+	log.Info("shutting down")
+	if err := sn.Close(); err != nil {
+		return fmt.Errorf("shut down: %w", err)
+	}
+	return nil
+}
+
+// byteSize is a pflag value for sizes such as 100M, 1.5G, 4096 or 10MiB
+// (K, M, G, T are powers of 1024; a trailing B or iB is ignored).
+type byteSize int64
+
+func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+func (b *byteSize) Type() string   { return "size" }
+func (b *byteSize) Set(s string) error {
+	n, err := parseSize(s)
+	if err != nil {
+		return err
+	}
+	*b = byteSize(n)
+	return nil
+}
+
+func parseSize(s string) (int64, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	t = strings.TrimSuffix(t, "B")
+	t = strings.TrimSuffix(t, "I")
+	mult := int64(1)
+	if t != "" {
+		if i := strings.IndexByte("KMGT", t[len(t)-1]); i >= 0 {
+			mult = int64(1) << (10 * (i + 1))
+			t = t[:len(t)-1]
+		}
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 {
+		return 0, fmt.Errorf("size %q: want a non-negative number with an optional K, M, G or T suffix, e.g. 100M", s)
+	}
+	return int64(f * float64(mult)), nil
+}

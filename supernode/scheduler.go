@@ -1,0 +1,911 @@
+package supernode
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/dfly-p2p/dfly/blockstore"
+)
+
+// ErrUnknownTask is returned for a task the scheduler has not seen.
+var ErrUnknownTask = errors.New("task not registered")
+
+// ErrUnknownHost is returned for a host that has not announced itself.
+var ErrUnknownHost = errors.New("host not announced")
+
+// SchedulerConfig tunes the scheduler. Zero values take the defaults below.
+type SchedulerConfig struct {
+	// HeartbeatInterval is how often hosts announce (default 2s). A host
+	// that misses MissedHeartbeats (default 3) in a row expires.
+	HeartbeatInterval time.Duration
+	MissedHeartbeats  int
+	// MaxParents is the length of a ranked parent list (default 4).
+	MaxParents int
+	// MaxAssignPerParent bounds the uploads in flight plus recent
+	// assignments of a peer before it counts as saturated (default 6).
+	MaxAssignPerParent int
+	// SeedMaxAssign is the same bound for the seed (default 16).
+	SeedMaxAssign int
+	// AssignTTL is how long an assignment counts as load when no result for
+	// it is reported (default 10s).
+	AssignTTL time.Duration
+	// DedupTTL: while a peer is fetching a block (assigned less than this
+	// ago, no result or "have" yet), a requester whose best parent for it is
+	// remote — the seed, or a host in another idc when the fetching peer is
+	// in the requester's idc — waits and gets it from that peer afterwards,
+	// so the seed uploads each block about once and each block crosses into
+	// an idc about once (default 3s).
+	DedupTTL time.Duration
+	// DefaultCapacity is the upload capacity (bytes/s) assumed for hosts
+	// that declare none (default 100 MiB/s).
+	DefaultCapacity int64
+	// SlowFactor: a peer whose throughput is below norm/SlowFactor is
+	// deprioritised (default 4).
+	SlowFactor float64
+	// MinSamples is how many results a host needs before it can be judged
+	// slow (default 3).
+	MinSamples int
+	// FailuresToDeprioritise consecutive failed fetches deprioritise a peer (default 3).
+	FailuresToDeprioritise int
+	// ScanLimit bounds the eligible holders examined per decision (default 64).
+	ScanLimit int
+	// TaskIdle: a task nobody but the seed holds and nobody asked about for
+	// this long is forgotten by Expire (default 10m); it comes back on the
+	// next RegisterTask.
+	TaskIdle time.Duration
+	// Now is the clock (default time.Now); tests replace it.
+	Now func() time.Time
+}
+
+func (c *SchedulerConfig) defaults() {
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 2 * time.Second
+	}
+	if c.MissedHeartbeats <= 0 {
+		c.MissedHeartbeats = 3
+	}
+	if c.MaxParents <= 0 {
+		c.MaxParents = 4
+	}
+	if c.MaxAssignPerParent <= 0 {
+		c.MaxAssignPerParent = 6
+	}
+	if c.SeedMaxAssign <= 0 {
+		c.SeedMaxAssign = 16
+	}
+	if c.AssignTTL <= 0 {
+		c.AssignTTL = 10 * time.Second
+	}
+	if c.DedupTTL <= 0 {
+		c.DedupTTL = 3 * time.Second
+	}
+	if c.DefaultCapacity <= 0 {
+		c.DefaultCapacity = 100 << 20
+	}
+	if c.SlowFactor <= 1 {
+		c.SlowFactor = 4
+	}
+	if c.MinSamples <= 0 {
+		c.MinSamples = 3
+	}
+	if c.FailuresToDeprioritise <= 0 {
+		c.FailuresToDeprioritise = 3
+	}
+	if c.ScanLimit <= 0 {
+		c.ScanLimit = 64
+	}
+	if c.TaskIdle <= 0 {
+		c.TaskIdle = 10 * time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// HostInfo is what a host says about itself.
+type HostInfo struct {
+	ID         string
+	UploadAddr string // host:port of its upload server; empty: cannot be a parent
+	IDC        string
+	Rack       string
+	Capacity   int64 // upload bytes/s; 0 = unknown
+	IsSeed     bool
+}
+
+// TaskInfo is the shape of a task as far as scheduling goes.
+type TaskInfo struct {
+	ID        string `json:"id"`
+	URL       string `json:"url,omitempty"`
+	Length    int64  `json:"length"`
+	BlockSize int64  `json:"block_size"`
+}
+
+// NumBlocks is the task's block count.
+func (t TaskInfo) NumBlocks() int { return blockstore.NumBlocks(t.Length, t.BlockSize) }
+
+// Result is one fetch outcome reported by a requester about a parent.
+type Result struct {
+	Block     int
+	ParentID  string
+	OK        bool
+	BadDigest bool
+	Bytes     int64
+	Duration  time.Duration
+}
+
+// Parent is one entry of a ranked parent list.
+type Parent struct {
+	HostID     string
+	UploadAddr string
+	IsSeed     bool
+}
+
+// Assignment is the answer for one wanted block.
+type Assignment struct {
+	Block   int
+	Parents []Parent
+	Holders int
+}
+
+type host struct {
+	HostInfo
+	lastSeen time.Time
+	inFlight int         // uploads in flight, as last announced
+	assigned []time.Time // recent assignments (oldest first)
+
+	samples    int
+	throughput float64 // EWMA bytes/s as a parent
+	failRate   float64 // EWMA of failures as a parent
+	consecFail int
+	served     int64 // bytes served, as reported by requesters
+
+	holdings map[string]*holding // by task id
+}
+
+type holding struct {
+	host   *host
+	bits   blockstore.Bitmap // blocks held
+	listed blockstore.Bitmap // blocks whose holder list contains this holding
+	count  int
+	gone   bool
+}
+
+type task struct {
+	TaskInfo
+	n        int
+	holdings map[string]*holding // by host id
+	lists    [][]*holding        // per block: holdings that (may) hold it
+	stale    []int               // per block: entries of lists known to be stale
+	rot      []uint32            // per block: rotating scan offset
+	blocked  map[string]bool     // hosts blocked for this task
+	used     time.Time           // last time a peer asked about or announced it
+	inflight [][]flight          // per block: recent assignments without a result yet
+}
+
+// flight is an assignment of a block to a requester, until its result.
+type flight struct {
+	to *host
+	at time.Time
+}
+
+// maxFlights bounds the in-flight records kept per block.
+const maxFlights = 8
+
+// Scheduler keeps tasks, hosts and holdings, and decides parents. It does no
+// I/O; all its methods are safe for concurrent use.
+type Scheduler struct {
+	cfg SchedulerConfig
+
+	mu       sync.Mutex
+	hosts    map[string]*host
+	tasks    map[string]*task
+	norm     float64
+	normAt   time.Time
+	normDirt bool
+}
+
+// NewScheduler returns an empty scheduler.
+func NewScheduler(cfg SchedulerConfig) *Scheduler {
+	cfg.defaults()
+	return &Scheduler{cfg: cfg, hosts: map[string]*host{}, tasks: map[string]*task{}}
+}
+
+// Config returns the effective configuration.
+func (s *Scheduler) Config() SchedulerConfig { return s.cfg }
+
+// UpsertHost registers a host or refreshes it (a heartbeat). inFlight and
+// uploadRate are its current upload load as it reports it.
+func (s *Scheduler) UpsertHost(h HostInfo, inFlight int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.cfg.Now()
+	x, ok := s.hosts[h.ID]
+	if !ok {
+		x = &host{holdings: map[string]*holding{}}
+		s.hosts[h.ID] = x
+	}
+	x.HostInfo = h
+	x.lastSeen = now
+	x.inFlight = max(inFlight, 0)
+}
+
+// Touch marks a host as alive; it reports false for an unknown host.
+func (s *Scheduler) Touch(hostID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.hosts[hostID]
+	if ok {
+		h.lastSeen = s.cfg.Now()
+	}
+	return ok
+}
+
+// HasHost reports whether the host is known.
+func (s *Scheduler) HasHost(hostID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.hosts[hostID]
+	return ok
+}
+
+// EnsureTask registers a task (no-op when it exists with the same shape). A
+// task whose length or block size changed is reset: every holding is dropped.
+func (s *Scheduler) EnsureTask(t TaskInfo) error {
+	n := t.NumBlocks()
+	if t.ID == "" || t.Length < 0 || t.BlockSize <= 0 {
+		return fmt.Errorf("task %q: length %d, block size %d: %w", t.ID, t.Length, t.BlockSize, blockstore.ErrInvalid)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if x, ok := s.tasks[t.ID]; ok {
+		if x.Length == t.Length && x.BlockSize == t.BlockSize {
+			if t.URL != "" {
+				x.URL = t.URL
+			}
+			return nil
+		}
+		s.dropTaskLocked(x)
+	}
+	s.tasks[t.ID] = &task{
+		TaskInfo: t, n: n, holdings: map[string]*holding{},
+		lists: make([][]*holding, n), stale: make([]int, n), rot: make([]uint32, n),
+		blocked: map[string]bool{}, used: s.cfg.Now(), inflight: make([][]flight, n),
+	}
+	return nil
+}
+
+// Task returns a task's info.
+func (s *Scheduler) Task(id string) (TaskInfo, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tasks[id]
+	if !ok {
+		return TaskInfo{}, false
+	}
+	return t.TaskInfo, true
+}
+
+// ResetTask drops every holding of the task except keep's (used when the
+// seed found the content changed at the origin: old copies are stale).
+func (s *Scheduler) ResetTask(id, keep string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tasks[id]
+	if !ok {
+		return
+	}
+	for hid, hd := range t.holdings {
+		if hid != keep {
+			s.removeHoldingLocked(t, hd)
+		}
+	}
+}
+
+func (s *Scheduler) dropTaskLocked(t *task) {
+	for _, hd := range t.holdings {
+		s.removeHoldingLocked(t, hd)
+	}
+	delete(s.tasks, t.ID)
+}
+
+func (s *Scheduler) removeHoldingLocked(t *task, hd *holding) {
+	hd.gone = true
+	for b := range t.n {
+		if hd.listed.Has(b) {
+			t.stale[b]++
+		}
+	}
+	delete(t.holdings, hd.host.ID)
+	delete(hd.host.holdings, t.ID)
+}
+
+func (s *Scheduler) holdingLocked(t *task, h *host) *holding {
+	hd, ok := t.holdings[h.ID]
+	if !ok {
+		hd = &holding{host: h, bits: blockstore.NewBitmap(t.n), listed: blockstore.NewBitmap(t.n)}
+		t.holdings[h.ID] = hd
+		h.holdings[t.ID] = hd
+	}
+	return hd
+}
+
+func (s *Scheduler) lookup(taskID, hostID string) (*task, *host, error) {
+	t, ok := s.tasks[taskID]
+	if !ok {
+		return nil, nil, fmt.Errorf("task %s: %w", taskID, ErrUnknownTask)
+	}
+	h, ok := s.hosts[hostID]
+	if !ok {
+		return nil, nil, fmt.Errorf("host %s: %w", hostID, ErrUnknownHost)
+	}
+	return t, h, nil
+}
+
+// SetHolding replaces what a host holds of a task with bitmap (bits past the
+// task's block count are ignored). Blocked hosts are ignored.
+func (s *Scheduler) SetHolding(taskID, hostID string, bitmap []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, h, err := s.lookup(taskID, hostID)
+	if err != nil {
+		return err
+	}
+	if t.blocked[hostID] {
+		return nil
+	}
+	if !h.IsSeed {
+		t.used = s.cfg.Now()
+	}
+	hd := s.holdingLocked(t, h)
+	bm := blockstore.Bitmap(bitmap)
+	for b := range t.n {
+		if b/8 < len(bm) && bm.Has(b) {
+			s.addLocked(t, hd, b)
+		} else if hd.bits.Has(b) {
+			hd.bits.Clear(b)
+			hd.count--
+			t.stale[b]++
+		}
+	}
+	return nil
+}
+
+// AddBlocks records that a host now holds blocks of a task (out-of-range
+// indices are ignored). Blocked hosts are ignored.
+func (s *Scheduler) AddBlocks(taskID, hostID string, blocks []int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, h, err := s.lookup(taskID, hostID)
+	if err != nil {
+		return err
+	}
+	if t.blocked[hostID] {
+		return nil
+	}
+	if !h.IsSeed {
+		t.used = s.cfg.Now()
+	}
+	hd := s.holdingLocked(t, h)
+	for _, b := range blocks {
+		if b >= 0 && b < t.n {
+			s.addLocked(t, hd, b)
+			t.landed(b, h)
+		}
+	}
+	return nil
+}
+
+// RemoveBlocks records that a host no longer holds blocks of a task (for
+// example a stored block failed verification and was dropped).
+func (s *Scheduler) RemoveBlocks(taskID, hostID string, blocks []int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tasks[taskID]
+	if !ok {
+		return
+	}
+	hd, ok := t.holdings[hostID]
+	if !ok {
+		return
+	}
+	for _, b := range blocks {
+		if b >= 0 && b < t.n && hd.bits.Has(b) {
+			hd.bits.Clear(b)
+			hd.count--
+			t.stale[b]++
+		}
+	}
+}
+
+func (s *Scheduler) addLocked(t *task, hd *holding, b int) {
+	if hd.bits.Has(b) {
+		return
+	}
+	hd.bits.Set(b)
+	hd.count++
+	if !hd.listed.Has(b) {
+		hd.listed.Set(b)
+		t.lists[b] = append(t.lists[b], hd)
+	} else if t.stale[b] > 0 {
+		t.stale[b]-- // listed entry becomes valid again
+	}
+}
+
+// Holders is how many live, unblocked hosts hold block b of a task.
+func (s *Scheduler) Holders(taskID string, b int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tasks[taskID]
+	if !ok || b < 0 || b >= t.n {
+		return 0
+	}
+	now := s.cfg.Now()
+	n := 0
+	for _, hd := range t.lists[b] {
+		if s.eligibleLocked(t, hd, b, now) {
+			n++
+		}
+	}
+	return n
+}
+
+// Leave removes a host from a task, or from every task and the scheduler
+// when taskID is empty.
+func (s *Scheduler) Leave(hostID, taskID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.hosts[hostID]
+	if !ok {
+		return
+	}
+	if taskID != "" {
+		if t, ok := s.tasks[taskID]; ok {
+			if hd, ok := t.holdings[hostID]; ok {
+				s.removeHoldingLocked(t, hd)
+			}
+		}
+		return
+	}
+	s.removeHostLocked(h)
+}
+
+func (s *Scheduler) removeHostLocked(h *host) {
+	for tid, hd := range h.holdings {
+		if t, ok := s.tasks[tid]; ok {
+			s.removeHoldingLocked(t, hd)
+		}
+	}
+	delete(s.hosts, h.ID)
+	s.normDirt = true
+}
+
+// Expire removes hosts (never the seed) that missed their heartbeats and
+// returns their ids. It also forgets tasks that only the seed holds and that
+// nobody used for TaskIdle.
+func (s *Scheduler) Expire() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.cfg.Now()
+	var out []string
+	for id, h := range s.hosts {
+		if s.expiredLocked(h, now) {
+			s.removeHostLocked(h)
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	for _, t := range s.tasks {
+		if now.Sub(t.used) < s.cfg.TaskIdle {
+			continue
+		}
+		idle := true
+		for _, hd := range t.holdings {
+			if !hd.host.IsSeed && hd.count > 0 {
+				idle = false
+				break
+			}
+		}
+		if idle {
+			s.dropTaskLocked(t)
+		}
+	}
+	return out
+}
+
+func (s *Scheduler) expiredLocked(h *host, now time.Time) bool {
+	return !h.IsSeed && now.Sub(h.lastSeen) > time.Duration(s.cfg.MissedHeartbeats)*s.cfg.HeartbeatInterval
+}
+
+// Report applies fetch results reported by requester for a task: parent
+// history (throughput, failures), load release, and isolation — a parent
+// reported for a bad digest is blocked for the task at once (the seed is
+// never blocked: its blocks are the reference).
+func (s *Scheduler) Report(taskID, requester string, results []Result) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tasks[taskID]
+	for _, r := range results {
+		p, ok := s.hosts[r.ParentID]
+		if !ok || r.ParentID == requester {
+			continue
+		}
+		if len(p.assigned) > 0 {
+			p.assigned = p.assigned[1:]
+		}
+		if t != nil && r.Block >= 0 && r.Block < t.n {
+			if rh, ok := s.hosts[requester]; ok {
+				t.landed(r.Block, rh)
+			}
+		}
+		const alpha = 0.3
+		if r.OK {
+			p.consecFail = 0
+			p.failRate *= 1 - alpha
+			p.served += r.Bytes
+			if r.Duration > 0 && r.Bytes > 0 {
+				tp := float64(r.Bytes) / r.Duration.Seconds()
+				if p.samples == 0 {
+					p.throughput = tp
+				} else {
+					p.throughput = alpha*tp + (1-alpha)*p.throughput
+				}
+				p.samples++
+				s.normDirt = true
+			}
+			continue
+		}
+		p.consecFail++
+		p.failRate = alpha + (1-alpha)*p.failRate
+		if r.BadDigest && t != nil && !p.IsSeed {
+			t.blocked[p.ID] = true
+			if hd, ok := t.holdings[p.ID]; ok {
+				s.removeHoldingLocked(t, hd)
+			}
+		}
+	}
+}
+
+// Blocked reports whether a host is blocked for a task.
+func (s *Scheduler) Blocked(taskID, hostID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tasks[taskID]
+	return ok && t.blocked[hostID]
+}
+
+// normLocked returns the swarm norm: the median throughput of peers (not
+// the seed) with enough samples; 0 when nobody has. Recomputed at most once
+// a second.
+func (s *Scheduler) normLocked(now time.Time) float64 {
+	if !s.normDirt || now.Sub(s.normAt) < time.Second {
+		return s.norm
+	}
+	var tps []float64
+	for _, h := range s.hosts {
+		if !h.IsSeed && h.samples >= s.cfg.MinSamples {
+			tps = append(tps, h.throughput)
+		}
+	}
+	s.norm = 0
+	if len(tps) > 0 {
+		slices.Sort(tps)
+		s.norm = tps[len(tps)/2]
+	}
+	s.normAt, s.normDirt = now, false
+	return s.norm
+}
+
+func (s *Scheduler) eligibleLocked(t *task, hd *holding, b int, now time.Time) bool {
+	return !hd.gone && hd.bits.Has(b) && hd.host.UploadAddr != "" && (len(t.blocked) == 0 || !t.blocked[hd.host.ID]) && !s.expiredLocked(hd.host, now)
+}
+
+// pruneAssigned drops assignments older than AssignTTL.
+func (s *Scheduler) pruneAssigned(h *host, now time.Time) {
+	i := 0
+	for i < len(h.assigned) && now.Sub(h.assigned[i]) > s.cfg.AssignTTL {
+		i++
+	}
+	if i > 0 {
+		h.assigned = h.assigned[i:]
+	}
+}
+
+func (s *Scheduler) slots(h *host) int {
+	if h.IsSeed {
+		return s.cfg.SeedMaxAssign
+	}
+	return s.cfg.MaxAssignPerParent
+}
+
+// scoreLocked computes the ranking key of parent p for requester r (see score.go).
+func (s *Scheduler) scoreLocked(r, p *host, blockSize int64, norm float64, now time.Time) score {
+	s.pruneAssigned(p, now)
+	load := p.inFlight + len(p.assigned)
+	sc := score{saturated: load >= s.slots(p), locality: localityOf(r.IDC, r.Rack, p.IDC, p.Rack)}
+	switch {
+	case p.IsSeed:
+		sc.class = classSeed
+	case p.consecFail >= s.cfg.FailuresToDeprioritise,
+		norm > 0 && p.samples >= s.cfg.MinSamples && p.throughput < norm/s.cfg.SlowFactor:
+		sc.class = classDeprioritised
+	}
+	capacity := p.Capacity
+	if capacity <= 0 {
+		capacity = s.cfg.DefaultCapacity
+	}
+	sc.load = float64(load) * float64(blockSize) / float64(capacity)
+	tp := norm
+	if p.samples > 0 {
+		tp = p.throughput
+	}
+	sc.history = tp * (1 - p.failRate)
+	return sc
+}
+
+// Assign answers the wants of requester for a task: for each wanted block
+// that some eligible host holds and for which ok(block) is true (the
+// supernode knows its digest), a ranked list of at most MaxParents parents.
+// The first parent of each assignment is charged one assignment of load.
+//
+// Order and locality: wants are answered in the requester's order, except
+// that a block whose best parent is in another idc (or is the seed) is
+// deferred behind blocks a local parent can serve, so a peer spends its
+// slots inside its idc first; the first want (the most urgent, e.g. a
+// foreground read) is never deferred. Blocks whose every holder is saturated
+// get no assignment, except that a requester always gets at least one
+// assignment when any wanted block has a holder (every peer gets work).
+// Blocks a closer copy of is on its way get none (see DedupTTL): the wait is
+// short and bounded.
+//
+// limit > 0 caps the number of assignments (the requester's free download
+// slots); 0 means no cap.
+func (s *Scheduler) Assign(taskID, requester string, wants []int, ok func(block int) bool, limit int) ([]Assignment, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, r, err := s.lookup(taskID, requester)
+	if err != nil {
+		return nil, err
+	}
+	now := s.cfg.Now()
+	t.used = now
+	norm := s.normLocked(now)
+	var out []Assignment
+	var fallback *Assignment
+	var deferred []int
+	full := func() bool { return limit > 0 && len(out) >= limit }
+	take := func(b int, cands []cand, holders int) {
+		a := s.assignment(b, cands, holders)
+		if cands[0].sc.saturated {
+			if fallback == nil {
+				fallback = &a
+			}
+			return
+		}
+		cands[0].h.assigned = append(cands[0].h.assigned, now)
+		t.fly(b, r, now)
+		out = append(out, a)
+	}
+	seen := map[int]bool{}
+	first := true
+	for _, b := range wants {
+		if full() {
+			break
+		}
+		if b < 0 || b >= t.n || seen[b] || (ok != nil && !ok(b)) {
+			continue
+		}
+		seen[b] = true
+		cands, holders := s.rankLocked(t, r, b, norm, now)
+		if len(cands) == 0 {
+			continue
+		}
+		if s.waitLocalLocked(t, r, b, cands[0], now) {
+			continue // a closer copy is on its way (bounded by DedupTTL)
+		}
+		remote := cands[0].sc.locality == elsewhere || cands[0].sc.class == classSeed
+		if !first && remote && r.IDC != "" && !cands[0].sc.saturated {
+			deferred = append(deferred, b)
+			continue
+		}
+		first = false
+		take(b, cands, holders)
+	}
+	for _, b := range deferred {
+		if full() {
+			break
+		}
+		cands, holders := s.rankLocked(t, r, b, norm, now) // loads changed since the first pass
+		if len(cands) > 0 && !s.waitLocalLocked(t, r, b, cands[0], now) {
+			take(b, cands, holders)
+		}
+	}
+	if len(out) == 0 && fallback != nil {
+		p := s.hosts[fallback.Parents[0].HostID]
+		p.assigned = append(p.assigned, now)
+		t.fly(fallback.Block, r, now)
+		out = append(out, *fallback)
+	}
+	return out, nil
+}
+
+func (s *Scheduler) assignment(b int, cands []cand, holders int) Assignment {
+	a := Assignment{Block: b, Holders: holders, Parents: make([]Parent, len(cands))}
+	for i, c := range cands {
+		a.Parents[i] = Parent{HostID: c.h.ID, UploadAddr: c.h.UploadAddr, IsSeed: c.h.IsSeed}
+	}
+	return a
+}
+
+// waitLocalLocked reports whether requester r should wait for block b
+// instead of fetching it from best: best is the seed and another peer is
+// already fetching b, or best is in another idc and a peer of r's idc is
+// already fetching b (see DedupTTL).
+func (s *Scheduler) waitLocalLocked(t *task, r *host, b int, best cand, now time.Time) bool {
+	remoteIDC := best.sc.locality == elsewhere && r.IDC != ""
+	if !best.h.IsSeed && !remoteIDC {
+		return false
+	}
+	for _, f := range t.inflight[b] {
+		if f.to == r || now.Sub(f.at) >= s.cfg.DedupTTL || f.to.IsSeed {
+			continue
+		}
+		if best.h.IsSeed || f.to.IDC == r.IDC {
+			return true
+		}
+	}
+	return false
+}
+
+// fly records that block b was assigned to r.
+func (t *task) fly(b int, r *host, now time.Time) {
+	fs := t.inflight[b]
+	if len(fs) >= maxFlights {
+		fs = fs[1:]
+	}
+	t.inflight[b] = append(fs, flight{to: r, at: now})
+}
+
+// landed forgets r's fetch of block b (it reported a result or holds it).
+func (t *task) landed(b int, r *host) {
+	fs := t.inflight[b]
+	for i := 0; i < len(fs); i++ {
+		if fs[i].to == r {
+			fs = append(fs[:i], fs[i+1:]...)
+			i--
+		}
+	}
+	if len(fs) == 0 {
+		fs = nil
+	}
+	t.inflight[b] = fs
+}
+
+type cand struct {
+	h  *host
+	sc score
+}
+
+// rankLocked returns the best MaxParents eligible holders of block b for
+// requester r, best first, and the number of eligible holders seen.
+func (s *Scheduler) rankLocked(t *task, r *host, b int, norm float64, now time.Time) ([]cand, int) {
+	if t.stale[b] > 0 && t.stale[b]*4 >= len(t.lists[b]) {
+		s.compactLocked(t, b)
+	}
+	list := t.lists[b]
+	n := len(list)
+	if n == 0 {
+		return nil, 0
+	}
+	start := int(t.rot[b] % uint32(n))
+	t.rot[b]++
+	k := s.cfg.MaxParents
+	top := make([]cand, 0, k+1)
+	eligible := 0
+	for i := 0; i < n && eligible < s.cfg.ScanLimit; i++ {
+		hd := list[(start+i)%n]
+		if hd.host == r || !s.eligibleLocked(t, hd, b, now) {
+			continue
+		}
+		eligible++
+		c := cand{h: hd.host, sc: s.scoreLocked(r, hd.host, t.BlockSize, norm, now)}
+		if len(top) == k && !c.sc.better(top[k-1].sc) {
+			continue
+		}
+		j := len(top)
+		for j > 0 && c.sc.better(top[j-1].sc) {
+			j--
+		}
+		top = slices.Insert(top, j, c)
+		if len(top) > k {
+			top = top[:k]
+		}
+	}
+	holders := eligible
+	if eligible == s.cfg.ScanLimit {
+		holders = max(n-t.stale[b], eligible) // estimate: the scan stopped early
+	}
+	return top, holders
+}
+
+// compactLocked removes stale entries from block b's holder list.
+func (s *Scheduler) compactLocked(t *task, b int) {
+	list := t.lists[b][:0]
+	for _, hd := range t.lists[b] {
+		if !hd.gone && hd.bits.Has(b) {
+			list = append(list, hd)
+		} else if !hd.gone {
+			hd.listed.Clear(b)
+		}
+	}
+	clear(t.lists[b][len(list):])
+	t.lists[b] = list
+	t.stale[b] = 0
+}
+
+// HostState is a host as the scheduler sees it (for /debug/state).
+type HostState struct {
+	ID          string  `json:"id"`
+	UploadAddr  string  `json:"upload_addr"`
+	IDC         string  `json:"idc,omitempty"`
+	Rack        string  `json:"rack,omitempty"`
+	IsSeed      bool    `json:"is_seed,omitempty"`
+	Capacity    int64   `json:"upload_capacity,omitempty"`
+	InFlight    int     `json:"uploads_in_flight"`
+	Assigned    int     `json:"recent_assignments"`
+	Throughput  float64 `json:"throughput_bytes_per_sec"`
+	FailRate    float64 `json:"fail_rate"`
+	BytesServed int64   `json:"bytes_served"` // as reported by requesters
+	LastSeenAgo float64 `json:"last_seen_seconds_ago"`
+	Deprior     bool    `json:"deprioritised,omitempty"`
+}
+
+// TaskState is a task as the scheduler sees it.
+type TaskState struct {
+	TaskInfo
+	Blocks  int            `json:"blocks"`
+	Holders map[string]int `json:"holders"` // host id -> blocks held
+	Blocked []string       `json:"blocked"`
+}
+
+// SchedulerState is a snapshot of the scheduler.
+type SchedulerState struct {
+	Hosts []HostState `json:"hosts"`
+	Tasks []TaskState `json:"tasks"`
+	Norm  float64     `json:"norm_throughput_bytes_per_sec"`
+}
+
+// State returns a snapshot of hosts and tasks, sorted by id.
+func (s *Scheduler) State() SchedulerState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.cfg.Now()
+	norm := s.normLocked(now)
+	st := SchedulerState{Norm: norm, Hosts: []HostState{}, Tasks: []TaskState{}}
+	for _, h := range s.hosts {
+		s.pruneAssigned(h, now)
+		sc := s.scoreLocked(h, h, 0, norm, now)
+		st.Hosts = append(st.Hosts, HostState{
+			ID: h.ID, UploadAddr: h.UploadAddr, IDC: h.IDC, Rack: h.Rack, IsSeed: h.IsSeed, Capacity: h.Capacity,
+			InFlight: h.inFlight, Assigned: len(h.assigned), Throughput: h.throughput, FailRate: h.failRate,
+			BytesServed: h.served, LastSeenAgo: now.Sub(h.lastSeen).Seconds(), Deprior: sc.class == classDeprioritised,
+		})
+	}
+	for _, t := range s.tasks {
+		ts := TaskState{TaskInfo: t.TaskInfo, Blocks: t.n, Holders: map[string]int{}, Blocked: []string{}}
+		for id, hd := range t.holdings {
+			ts.Holders[id] = hd.count
+		}
+		for id := range t.blocked {
+			ts.Blocked = append(ts.Blocked, id)
+		}
+		sort.Strings(ts.Blocked)
+		st.Tasks = append(st.Tasks, ts)
+	}
+	sort.Slice(st.Hosts, func(i, j int) bool { return st.Hosts[i].ID < st.Hosts[j].ID })
+	sort.Slice(st.Tasks, func(i, j int) bool { return st.Tasks[i].ID < st.Tasks[j].ID })
+	return st
+}

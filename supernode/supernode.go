@@ -1,0 +1,343 @@
+// Package supernode is dfly's control plane: a scheduler that knows which
+// host holds which blocks of which task and picks parents for peers (see
+// score.go), a streaming seed that fetches tasks from their origins into its
+// own block store, an HTTP upload server for the seed's blocks, and the gRPC
+// service (supernode/api) that ties them to the peers.
+//
+// Scheduling decisions (scheduler.go, score.go) are pure logic; connection
+// handling (server.go, upload.go) and origin access (seed.go) are separate.
+package supernode
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/peer/source"
+	"github.com/dfly-p2p/dfly/supernode/api"
+)
+
+// Config configures a supernode.
+type Config struct {
+	// StoreDir holds the seed's block store (StoreDir/blocks) and the token
+	// key (StoreDir/token.key).
+	StoreDir string
+	// Quota caps the seed's store (bytes); 0 = none.
+	Quota int64
+	// GRPCListen and UploadListen are the listen addresses of the control
+	// plane and of the seed's upload server (defaults 0.0.0.0:8002, :8001).
+	GRPCListen   string
+	UploadListen string
+	// Advertise is the host:port peers use to reach the upload server.
+	// Default: the upload listener's address; when it listens on every
+	// interface, the host's first non-loopback IPv4 address (127.0.0.1 if none).
+	Advertise string
+	// UploadRate caps the seed's upload bytes/s (0 = unlimited); it is also
+	// the seed's declared capacity for scheduling.
+	UploadRate int64
+	// MaxUploads caps concurrent uploads from the seed (default 64).
+	MaxUploads int
+	// SeedConcurrency is the number of parallel origin Range requests per task (default 6).
+	SeedConcurrency int
+	// SeedID is the seed's host id in the swarm (default "seed").
+	SeedID string
+	// SyncWait bounds how long a Sync waits for the seed when none of the
+	// wanted blocks can be assigned yet (default 1s).
+	SyncWait time.Duration
+	// Scheduler tunes parent selection.
+	Scheduler SchedulerConfig
+	// Source overrides the origin client.
+	Source *source.Client
+	Logger *slog.Logger
+}
+
+// Supernode is a running supernode.
+type Supernode struct {
+	cfg    Config
+	log    *slog.Logger
+	store  *blockstore.Store
+	key    []byte
+	sched  *Scheduler
+	seed   *Seed
+	upload *UploadServer
+
+	grpcLn, upLn net.Listener
+	grpcSrv      *grpc.Server
+	httpSrv      *http.Server
+
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// Start opens the store, binds both listeners and starts serving.
+func Start(cfg Config) (_ *Supernode, err error) {
+	if cfg.StoreDir == "" {
+		return nil, errors.New("supernode: a store directory is required (--store)")
+	}
+	if cfg.GRPCListen == "" {
+		cfg.GRPCListen = "0.0.0.0:8002"
+	}
+	if cfg.UploadListen == "" {
+		cfg.UploadListen = ":8001"
+	}
+	if cfg.SeedID == "" {
+		cfg.SeedID = "seed"
+	}
+	if cfg.SyncWait <= 0 {
+		cfg.SyncWait = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Source == nil {
+		cfg.Source = source.New(source.Options{Logger: cfg.Logger})
+	}
+	s := &Supernode{cfg: cfg, log: cfg.Logger, stop: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.closeResources()
+		}
+	}()
+	if s.key, err = LoadOrCreateTokenKey(filepath.Join(cfg.StoreDir, "token.key")); err != nil {
+		return nil, fmt.Errorf("supernode: %w", err)
+	}
+	if s.store, err = blockstore.Open(filepath.Join(cfg.StoreDir, "blocks"), blockstore.Options{Quota: cfg.Quota, Logger: cfg.Logger}); err != nil {
+		return nil, fmt.Errorf("supernode: %w", err)
+	}
+	if s.upLn, err = net.Listen("tcp", cfg.UploadListen); err != nil {
+		return nil, fmt.Errorf("supernode: listen for uploads on %s (--upload-listen): %w", cfg.UploadListen, err)
+	}
+	if s.grpcLn, err = net.Listen("tcp", cfg.GRPCListen); err != nil {
+		return nil, fmt.Errorf("supernode: listen for gRPC on %s (--listen): %w", cfg.GRPCListen, err)
+	}
+	if s.cfg.Advertise == "" {
+		s.cfg.Advertise = advertiseAddr(s.upLn.Addr().(*net.TCPAddr))
+	}
+
+	s.sched = NewScheduler(cfg.Scheduler)
+	s.seed = NewSeed(SeedConfig{
+		Store: s.store, Source: cfg.Source, Concurrency: cfg.SeedConcurrency, Logger: cfg.Logger,
+		OnMeta:    s.setSeedHolding,
+		OnBlock:   func(id string, idx int) { _ = s.sched.AddBlocks(id, s.cfg.SeedID, []int{idx}) },
+		OnReset:   func(id string) { s.sched.ResetTask(id, s.cfg.SeedID) },
+		OnDropped: func(id string, blocks []int) { s.sched.RemoveBlocks(id, s.cfg.SeedID, blocks) },
+	})
+	s.announceSeed()
+
+	s.upload = NewUploadServer(UploadConfig{Store: s.store, TokenKey: s.key, Rate: cfg.UploadRate, MaxUploads: cfg.MaxUploads, Logger: cfg.Logger,
+		OnCorrupt: func(id string, idx int) {
+			s.sched.RemoveBlocks(id, s.cfg.SeedID, []int{idx})
+			s.seed.Resume(id, "")
+		}})
+	s.upload.Handle("GET /debug/state", http.HandlerFunc(s.serveState))
+	s.httpSrv = &http.Server{Handler: s.upload, ReadHeaderTimeout: 10 * time.Second}
+	s.grpcSrv = grpc.NewServer()
+	api.RegisterSchedulerServer(s.grpcSrv, &service{sn: s})
+
+	s.wg.Add(3)
+	go func() {
+		defer s.wg.Done()
+		if err := s.httpSrv.Serve(s.upLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("upload server stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		if err := s.grpcSrv.Serve(s.grpcLn); err != nil {
+			s.log.Error("gRPC server stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.janitor()
+	}()
+	return s, nil
+}
+
+// setSeedHolding registers a seeded task with the scheduler and the blocks
+// the seed holds of it.
+func (s *Supernode) setSeedHolding(t blockstore.Task, have blockstore.Bitmap) {
+	if err := s.sched.EnsureTask(TaskInfo{ID: t.ID, URL: t.Source, Length: t.Length, BlockSize: t.BlockSize}); err != nil {
+		s.log.Error("scheduler rejected seeded task", "task", t.ID, "err", err)
+		return
+	}
+	if err := s.sched.SetHolding(t.ID, s.cfg.SeedID, have); err != nil {
+		s.log.Error("record the seed's blocks", "task", t.ID, "err", err)
+	}
+}
+
+// registerSeedHolding registers a task the seed already resolved (the
+// scheduler forgot it while idle) with the blocks in the seed's store.
+func (s *Supernode) registerSeedHolding(t blockstore.Task) {
+	have, err := s.store.Bitmap(t.ID)
+	if err != nil {
+		s.log.Warn("read the seed's bitmap", "task", t.ID, "err", err)
+		have = blockstore.NewBitmap(t.NumBlocks())
+	}
+	s.setSeedHolding(t, have)
+}
+
+// advertiseAddr turns a listener address into one peers can dial.
+func advertiseAddr(a *net.TCPAddr) string {
+	if !a.IP.IsUnspecified() {
+		return a.String()
+	}
+	ip := "127.0.0.1"
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, x := range addrs {
+			if n, ok := x.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+				ip = n.IP.String()
+				break
+			}
+		}
+	}
+	return net.JoinHostPort(ip, fmt.Sprint(a.Port))
+}
+
+// announceSeed registers (or refreshes) the seed as a host of the swarm.
+func (s *Supernode) announceSeed() {
+	s.sched.UpsertHost(HostInfo{ID: s.cfg.SeedID, UploadAddr: s.cfg.Advertise, IsSeed: true, Capacity: s.cfg.UploadRate}, s.uploadInFlight())
+}
+
+func (s *Supernode) uploadInFlight() int {
+	if s.upload == nil {
+		return 0
+	}
+	return s.upload.InFlight()
+}
+
+// janitor expires silent hosts and refreshes the seed's load every heartbeat.
+func (s *Supernode) janitor() {
+	t := time.NewTicker(s.sched.Config().HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.announceSeed()
+			for _, id := range s.sched.Expire() {
+				s.log.Info("host expired: missed its heartbeats; dropped its holdings", "host", id)
+			}
+		}
+	}
+}
+
+// GRPCAddr is the address the control plane listens on.
+func (s *Supernode) GRPCAddr() string { return s.grpcLn.Addr().String() }
+
+// UploadAddr is the address the upload server listens on.
+func (s *Supernode) UploadAddr() string { return s.upLn.Addr().String() }
+
+// Advertise is the upload address given to peers.
+func (s *Supernode) Advertise() string { return s.cfg.Advertise }
+
+// Scheduler exposes the scheduler (tests, inspection).
+func (s *Supernode) Scheduler() *Scheduler { return s.sched }
+
+// Store exposes the seed's block store.
+func (s *Supernode) Store() *blockstore.Store { return s.store }
+
+// TokenKey is the key that signs task tokens.
+func (s *Supernode) TokenKey() []byte { return s.key }
+
+// Close stops serving (in-flight RPCs get a moment to finish), stops the
+// seed and closes the store.
+func (s *Supernode) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		if s.grpcSrv != nil {
+			done := make(chan struct{})
+			go func() { s.grpcSrv.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(3 * time.Second):
+				s.grpcSrv.Stop()
+				<-done
+			}
+		}
+		if s.httpSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			if s.httpSrv.Shutdown(ctx) != nil {
+				s.httpSrv.Close()
+			}
+			cancel()
+		}
+		s.wg.Wait()
+		err = s.closeResources()
+	})
+	return err
+}
+
+func (s *Supernode) closeResources() error {
+	if s.seed != nil {
+		s.seed.Close()
+	}
+	for _, ln := range []net.Listener{s.grpcLn, s.upLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	if s.store != nil {
+		if err := s.store.Close(); err != nil {
+			return fmt.Errorf("close supernode store: %w", err)
+		}
+	}
+	return nil
+}
+
+// State is what GET /debug/state returns.
+type State struct {
+	Advertise string           `json:"advertise"`
+	Scheduler SchedulerState   `json:"scheduler"`
+	Seed      SeedState        `json:"seed"`
+	Upload    UploadStats      `json:"upload"`
+	Store     blockstore.Stats `json:"store"`
+}
+
+// SeedState is the seed's part of State.
+type SeedState struct {
+	ID              string          `json:"id"`
+	BytesFromOrigin int64           `json:"bytes_from_origin"`
+	Tasks           []SeedTaskState `json:"tasks"`
+}
+
+// State returns a snapshot of the supernode: tasks with their holders and
+// blocked hosts, hosts with bytes served, seed progress and origin bytes.
+// The seed's bytes_served is what its upload server actually sent.
+func (s *Supernode) State() State {
+	st := State{
+		Advertise: s.cfg.Advertise,
+		Scheduler: s.sched.State(),
+		Seed:      SeedState{ID: s.cfg.SeedID, BytesFromOrigin: s.seed.BytesFromOrigin(), Tasks: s.seed.State()},
+		Upload:    s.upload.Stats(),
+		Store:     s.store.Stats(),
+	}
+	for i := range st.Scheduler.Hosts {
+		if st.Scheduler.Hosts[i].ID == s.cfg.SeedID {
+			st.Scheduler.Hosts[i].BytesServed = st.Upload.BytesServed
+		}
+	}
+	return st
+}
+
+func (s *Supernode) serveState(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(s.State()); err != nil {
+		s.log.Debug("write /debug/state", "err", err)
+	}
+}

@@ -1,0 +1,167 @@
+package supernode
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/dfly-p2p/dfly/blockstore"
+)
+
+// TokenHeader carries a task token on block requests.
+const TokenHeader = "X-Dfly-Token"
+
+// DigestHeader carries the hex SHA-256 of the served block.
+const DigestHeader = "X-Dfly-Digest"
+
+// UploadConfig configures the seed's upload server.
+type UploadConfig struct {
+	Store    *blockstore.Store
+	TokenKey []byte
+	// Rate caps upload bytes/s over all requests; 0 = unlimited.
+	Rate int64
+	// MaxUploads caps concurrent block uploads; more get 429 (default 64).
+	MaxUploads int
+	// OnCorrupt is called when a stored block failed verification while
+	// being read (the store has dropped it).
+	OnCorrupt func(taskID string, idx int)
+	Logger    *slog.Logger
+}
+
+// UploadServer serves blocks of the supernode's store over HTTP:
+//
+//	GET /blocks/{task_id}/{index}   (header X-Dfly-Token; Range optional)
+//
+// 200/206 with the block bytes and X-Dfly-Digest; 404 when the block is not
+// held (or failed verification); 403 for a bad token; 429 over the cap on
+// concurrent uploads. Every block is verified as it is read from the store.
+type UploadServer struct {
+	cfg     UploadConfig
+	log     *slog.Logger
+	limiter *rate.Limiter // nil: unlimited
+	mux     *http.ServeMux
+
+	inFlight atomic.Int32
+	served   atomic.Int64
+	requests atomic.Int64
+	rejected atomic.Int64
+}
+
+// uploadChunk is the write size under rate limiting.
+const uploadChunk = 32 << 10
+
+// NewUploadServer returns the handler. Extra routes (such as /debug/state)
+// can be added with Handle.
+func NewUploadServer(cfg UploadConfig) *UploadServer {
+	if cfg.MaxUploads <= 0 {
+		cfg.MaxUploads = 64
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	u := &UploadServer{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	if cfg.Rate > 0 {
+		u.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), max(uploadChunk, int(min(cfg.Rate/10, 4<<20))))
+	}
+	u.mux.HandleFunc("GET /blocks/{task}/{index}", u.serveBlock)
+	return u
+}
+
+// Handle adds a route to the server.
+func (u *UploadServer) Handle(pattern string, h http.Handler) { u.mux.Handle(pattern, h) }
+
+// ServeHTTP implements http.Handler.
+func (u *UploadServer) ServeHTTP(w http.ResponseWriter, r *http.Request) { u.mux.ServeHTTP(w, r) }
+
+// InFlight is the number of uploads in progress.
+func (u *UploadServer) InFlight() int { return int(u.inFlight.Load()) }
+
+// BytesServed is the number of block bytes written to requesters.
+func (u *UploadServer) BytesServed() int64 { return u.served.Load() }
+
+// UploadStats are the upload server's counters.
+type UploadStats struct {
+	InFlight    int   `json:"in_flight"`
+	BytesServed int64 `json:"bytes_served"`
+	Requests    int64 `json:"requests"`
+	Rejected    int64 `json:"rejected"` // 429s
+}
+
+// Stats returns the counters.
+func (u *UploadServer) Stats() UploadStats {
+	return UploadStats{InFlight: u.InFlight(), BytesServed: u.served.Load(), Requests: u.requests.Load(), Rejected: u.rejected.Load()}
+}
+
+func (u *UploadServer) serveBlock(w http.ResponseWriter, r *http.Request) {
+	u.requests.Add(1)
+	id := r.PathValue("task")
+	idx, err := strconv.Atoi(r.PathValue("index"))
+	if err != nil || idx < 0 {
+		http.Error(w, "block index must be a non-negative integer", http.StatusBadRequest)
+		return
+	}
+	if !ValidToken(u.cfg.TokenKey, id, r.Header.Get(TokenHeader)) {
+		http.Error(w, "missing or invalid "+TokenHeader+" for this task; get one from RegisterTask", http.StatusForbidden)
+		return
+	}
+	if n := u.inFlight.Add(1); int(n) > u.cfg.MaxUploads {
+		u.inFlight.Add(-1)
+		u.rejected.Add(1)
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many concurrent uploads; try another parent", http.StatusTooManyRequests)
+		return
+	}
+	defer u.inFlight.Add(-1)
+	data, err := u.cfg.Store.ReadBlock(id, idx)
+	if err != nil {
+		if !errors.Is(err, blockstore.ErrNotFound) {
+			u.log.Warn("upload: cannot read block", "task", id, "block", idx, "err", err)
+		}
+		if errors.Is(err, blockstore.ErrCorrupt) && u.cfg.OnCorrupt != nil {
+			u.cfg.OnCorrupt(id, idx)
+		}
+		http.Error(w, "block not held", http.StatusNotFound)
+		return
+	}
+	sum, _ := u.cfg.Store.BlockDigest(id, idx)
+	w.Header().Set(DigestHeader, hex.EncodeToString(sum))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	lw := &limitedWriter{ResponseWriter: w, ctx: r.Context(), lim: u.limiter, served: &u.served}
+	http.ServeContent(lw, r, "", time.Time{}, bytes.NewReader(data))
+}
+
+// limitedWriter paces writes through a shared rate limiter and counts bytes.
+type limitedWriter struct {
+	http.ResponseWriter
+	ctx    context.Context
+	lim    *rate.Limiter
+	served *atomic.Int64
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		n := min(len(p), uploadChunk)
+		if l.lim != nil {
+			if err := l.lim.WaitN(l.ctx, n); err != nil {
+				return written, err
+			}
+		}
+		m, err := l.ResponseWriter.Write(p[:n])
+		written += m
+		l.served.Add(int64(m))
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}
