@@ -1,13 +1,18 @@
 package snapshotter
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
@@ -32,6 +37,15 @@ type RemoteFSOptions struct {
 	NoPrefetch bool
 	// OpenTimeout bounds resolving a layer and reading its TOC (default 30s).
 	OpenTimeout time.Duration
+	// LayerServer, when set, is the command (program and leading arguments, e.g.
+	// [dfly-snapshotter serve-layer]) that serves a layer's FUSE mount from its own
+	// process, so mounts survive a restart of this one; the layer server reads the blob
+	// through a block-read API served on BlockSocket. Empty: layers are served
+	// in-process and die with it.
+	LayerServer []string
+	BlockSocket string
+	// LayerServerLogLevel is passed to layer servers (default info).
+	LayerServerLogLevel string
 }
 
 // RemoteFS mounts eStargz layers whose bytes come through dfly's peer engine.
@@ -43,9 +57,12 @@ type RemoteFS struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	api *http.Server // block-read API for layer servers (nil in in-process mode)
+
 	mu     sync.Mutex
 	mounts map[string]*layerMount
-	pins   map[string]int // task ID -> mounts using it (pinned in the store while > 0)
+	pins   map[string]int        // task ID -> mounts using it (pinned in the store while > 0)
+	tasks  map[string]*peer.Task // task ID -> open task (what the block-read API serves)
 }
 
 type layerMount struct {
@@ -53,7 +70,7 @@ type layerMount struct {
 	taskID     string
 	mountpoint string
 	task       *peer.Task
-	srv        *fuse.Server
+	srv        *fuse.Server // nil when a layer server process serves the mount
 	pf         *prefetch.Prefetcher
 	cancel     context.CancelFunc
 	done       chan struct{}
@@ -97,7 +114,36 @@ func NewRemoteFS(opt RemoteFSOptions) (*RemoteFS, error) {
 		opt.OpenTimeout = 30 * time.Second
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &RemoteFS{opt: opt, log: opt.Logger, ctx: ctx, cancel: cancel, mounts: map[string]*layerMount{}, pins: map[string]int{}}, nil
+	f := &RemoteFS{opt: opt, log: opt.Logger, ctx: ctx, cancel: cancel, mounts: map[string]*layerMount{},
+		pins: map[string]int{}, tasks: map[string]*peer.Task{}}
+	if len(opt.LayerServer) > 0 {
+		if opt.BlockSocket == "" {
+			cancel()
+			return nil, fmt.Errorf("remote fs: a layer server command needs a block socket")
+		}
+		_ = os.Remove(opt.BlockSocket) // left by a crashed run
+		ln, err := net.Listen("unix", opt.BlockSocket)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("listen on block-read socket %s: %w", opt.BlockSocket, err)
+		}
+		if err := os.Chmod(opt.BlockSocket, 0o600); err != nil {
+			_ = ln.Close()
+			cancel()
+			return nil, fmt.Errorf("restrict block-read socket %s: %w", opt.BlockSocket, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /read", f.serveBlocks)
+		f.api = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			if err := f.api.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				f.log.Error("block-read API stopped", "socket", opt.BlockSocket, "err", err)
+			}
+		}()
+	}
+	return f, nil
 }
 
 // Mount resolves the layer named by labels, verifies its TOC and serves it at mountpoint,
@@ -137,11 +183,30 @@ func (f *RemoteFS) Mount(ctx context.Context, mountpoint string, labels map[stri
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", layer, err)
 	}
-	srv, err := l.Mount(mountpoint, estargz.MountOptions{Logger: f.log.With("layer", layer)})
-	if err != nil {
-		return fmt.Errorf("FUSE mount of layer %s at %s: %w", layer, mountpoint, err)
+	f.mu.Lock()
+	f.tasks[id] = task
+	f.mu.Unlock()
+	m := &layerMount{layer: layer, taskID: id, mountpoint: mountpoint, task: task, done: make(chan struct{})}
+	if len(f.opt.LayerServer) > 0 {
+		if fuseAlive(mountpoint) {
+			// A layer server from an earlier run still serves it (and running
+			// containers use it): keep it; it reads through this process again.
+			f.log.Info("layer server still running; kept its mount", "layer", layer, "mountpoint", mountpoint)
+		} else {
+			detachStale(mountpoint, f.log)
+			if err := f.startLayerServer(ctx, mountpoint, layer, id, toc, task.Info().Length); err != nil {
+				f.dropTask(id)
+				return err
+			}
+		}
+	} else {
+		srv, err := l.Mount(mountpoint, estargz.MountOptions{Logger: f.log.With("layer", layer)})
+		if err != nil {
+			f.dropTask(id)
+			return fmt.Errorf("FUSE mount of layer %s at %s: %w", layer, mountpoint, err)
+		}
+		m.srv = srv
 	}
-	m := &layerMount{layer: layer, taskID: id, mountpoint: mountpoint, task: task, srv: srv, done: make(chan struct{})}
 	if !f.opt.NoPrefetch {
 		popt := f.opt.Prefetch
 		popt.Name = layer
@@ -180,10 +245,77 @@ func (f *RemoteFS) Mount(ctx context.Context, mountpoint string, labels map[stri
 		}
 	}
 	if old != nil {
-		_ = f.stop(old)
+		if old.srv == nil { // same mountpoint, served by a layer server: keep the mount
+			old.stopPrefetch()
+		} else {
+			_ = f.stop(old)
+		}
 		f.unpin(old.taskID)
 	}
 	return nil
+}
+
+// dropTask forgets an open task unless a mount still uses it.
+func (f *RemoteFS) dropTask(id string) {
+	f.mu.Lock()
+	if f.pins[id] <= 0 {
+		delete(f.tasks, id)
+	}
+	f.mu.Unlock()
+}
+
+// detachStale lazily unmounts whatever is mounted at mountpoint (a mount left by a dead
+// server answers ENOTCONN).
+func detachStale(mountpoint string, log *slog.Logger) {
+	if err := unix.Unmount(mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		log.Warn("detach stale mount", "mountpoint", mountpoint, "err", err)
+	}
+}
+
+// startLayerServer starts a layer server process for the layer and waits until it has
+// mounted it.
+func (f *RemoteFS) startLayerServer(ctx context.Context, mountpoint, layer, id string, toc digest.Digest, size int64) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("layer server ready pipe: %w", err)
+	}
+	defer func() { _ = r.Close() }()
+	level := f.opt.LayerServerLogLevel
+	if level == "" {
+		level = "info"
+	}
+	args := append(append([]string{}, f.opt.LayerServer[1:]...), "--detach", "--api", f.opt.BlockSocket, "--task", id,
+		"--layer", layer, "--toc", toc.String(), "--size", fmt.Sprint(size), "--mountpoint", mountpoint, "--log-level", level)
+	cmd := exec.Command(f.opt.LayerServer[0], args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.ExtraFiles = []*os.File{w}
+	err = cmd.Start()
+	_ = w.Close()
+	if err != nil {
+		return fmt.Errorf("start layer server %s for layer %s: %w", f.opt.LayerServer[0], layer, err)
+	}
+	if err := cmd.Wait(); err != nil { // the detaching step returns at once
+		return fmt.Errorf("start layer server for layer %s: %w", layer, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = r.SetReadDeadline(dl)
+	}
+	br := bufio.NewReader(r)
+	pid := 0
+	line, err := br.ReadString('\n')
+	if err == nil {
+		if _, err = fmt.Sscanf(line, "pid %d\n", &pid); err == nil {
+			line, err = br.ReadString('\n')
+		}
+	}
+	if err == nil && line == readyLine {
+		return nil
+	}
+	if pid > 0 { // it did not get ready in time: it must not mount later
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	detachStale(mountpoint, f.log)
+	return fmt.Errorf("layer server (pid %d) for layer %s did not mount it at %s (its log is in the snapshotter's): %v", pid, layer, mountpoint, err)
 }
 
 // unpin drops one mount's claim on a task; the last one lets the store evict it.
@@ -193,6 +325,7 @@ func (f *RemoteFS) unpin(id string) {
 	last := f.pins[id] <= 0
 	if last {
 		delete(f.pins, id)
+		delete(f.tasks, id)
 	}
 	f.mu.Unlock()
 	if last {
@@ -209,6 +342,9 @@ func (f *RemoteFS) Check(ctx context.Context, mountpoint string, labels map[stri
 	f.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("no remote layer mounted at %s", mountpoint)
+	}
+	if !fuseAlive(mountpoint) {
+		return fmt.Errorf("remote layer at %s does not answer (its FUSE server is gone)", mountpoint)
 	}
 	return nil
 }
@@ -228,12 +364,49 @@ func (f *RemoteFS) Unmount(ctx context.Context, mountpoint string) error {
 	return err
 }
 
-func (f *RemoteFS) stop(m *layerMount) error {
+func (m *layerMount) stopPrefetch() {
 	if m.cancel != nil {
 		m.cancel()
 	}
 	<-m.done
+}
+
+func (f *RemoteFS) stop(m *layerMount) error {
+	m.stopPrefetch()
+	if m.srv == nil {
+		return unmountServed(m.mountpoint, f.log)
+	}
 	return unmountFUSE(m.srv, m.mountpoint, f.log)
+}
+
+// unmountServed unmounts a layer server's mount; its server exits when the connection
+// ends. When something still holds the superblock (an overlay of a running container),
+// the connection is aborted after a grace period, as unmountFUSE does.
+func unmountServed(mountpoint string, log *slog.Logger) error {
+	var st unix.Stat_t
+	alive := fuseAlive(mountpoint) && unix.Stat(mountpoint, &st) == nil
+	if !alive {
+		detachStale(mountpoint, log)
+		return nil
+	}
+	minor := unix.Minor(st.Dev)
+	if err := mountFusectl(); err != nil {
+		log.Warn("cannot watch the FUSE connection", "err", err)
+	}
+	if err := unix.Unmount(mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("unmount FUSE at %s: %w", mountpoint, err)
+	}
+	conn := fmt.Sprintf("%s/%d", fusectlDir, minor)
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(conn); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+	}
+	if err := abortFUSEConn(minor); err != nil {
+		return fmt.Errorf("abort FUSE connection of %s: %w", mountpoint, err)
+	}
+	log.Warn("FUSE mount was still in use after unmount; aborted its connection", "mountpoint", mountpoint)
+	return nil
 }
 
 // unmountFUSE unmounts a FUSE server's mount and waits for its request loops. When
@@ -273,16 +446,28 @@ const fusectlDir = "/sys/fs/fuse/connections"
 // abortFUSEConn aborts FUSE connection minor, mounting fusectl first if needed.
 func abortFUSEConn(minor uint32) error {
 	p := fmt.Sprintf("%s/%d/abort", fusectlDir, minor)
-	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
-		if err := unix.Mount("fusectl", fusectlDir, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("mount fusectl on %s: %w", fusectlDir, err)
-		}
+	if err := mountFusectl(); err != nil {
+		return err
 	}
 	if err := os.WriteFile(p, []byte("1"), 0o200); err != nil {
 		return fmt.Errorf("abort FUSE connection %d: %w", minor, err)
 	}
 	return nil
 }
+
+// mountFusectl mounts the FUSE control filesystem unless it is mounted.
+func mountFusectl() error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(fusectlDir, &st); err == nil && st.Type == fusectlSuperMagic {
+		return nil
+	}
+	if err := unix.Mount("fusectl", fusectlDir, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("mount fusectl on %s: %w", fusectlDir, err)
+	}
+	return nil
+}
+
+const fusectlSuperMagic = 0x65735543
 
 // WaitPrefetch blocks until the prefetch of the layer at mountpoint has ended.
 func (f *RemoteFS) WaitPrefetch(ctx context.Context, mountpoint string) error {
@@ -330,8 +515,9 @@ func (f *RemoteFS) Status() []LayerStatus {
 	return out
 }
 
-// Close stops every prefetch and unmounts every layer, keeping their tasks pinned: the
-// snapshots still exist and the next start remounts them.
+// Close stops every prefetch and unmounts every layer served in-process, keeping their
+// tasks pinned: the snapshots still exist and the next start remounts them. Mounts served
+// by layer servers stay (running containers keep them); the next start adopts them.
 func (f *RemoteFS) Close() error {
 	f.cancel()
 	f.mu.Lock()
@@ -340,7 +526,14 @@ func (f *RemoteFS) Close() error {
 	f.mu.Unlock()
 	var errs []error
 	for _, m := range ms {
+		if m.srv == nil {
+			m.stopPrefetch()
+			continue
+		}
 		errs = append(errs, f.stop(m))
+	}
+	if f.api != nil {
+		errs = append(errs, f.api.Close())
 	}
 	f.wg.Wait()
 	return errors.Join(errs...)

@@ -17,7 +17,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
 	"github.com/containerd/errdefs"
-	"golang.org/x/sys/unix"
 )
 
 // Labels the snapshotter reads or writes.
@@ -175,8 +174,9 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	return nil
 }
 
-// restore remounts every committed remote snapshot (after a restart the old FUSE
-// mounts are dead; their blocks are in the block store).
+// restore brings back every committed remote snapshot after a restart: a mount still
+// served (by a layer server process) is kept and its task re-opened; a dead one is
+// remounted from the block store.
 func (s *Snapshotter) restore(ctx context.Context) error {
 	var infos []snapshots.Info
 	err := s.Walk(ctx, func(_ context.Context, i snapshots.Info) error {
@@ -190,15 +190,17 @@ func (s *Snapshotter) restore(ctx context.Context) error {
 	}
 	for _, i := range infos {
 		mp := i.Labels[upperdirLabel]
-		// A mount left by a dead process answers ENOTCONN; detach it first.
-		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			s.log.Warn("detach stale mount", "mountpoint", mp, "err", err)
+		// A mount left by a dead server answers ENOTCONN; detach it first. A live one
+		// (served by a layer server process that outlived the old snapshotter) stays:
+		// the overlays of running containers hold it.
+		if !fuseAlive(mp) {
+			detachStale(mp, s.log)
 		}
 		if err := s.fs.Mount(ctx, mp, i.Labels); err != nil {
 			s.log.Error("remount of remote layer failed; containers using it will see I/O errors", "snapshot", i.Name, "mountpoint", mp, "err", err)
 			continue
 		}
-		s.log.Info("remote layer remounted", "snapshot", i.Name, "layer", i.Labels[snapshotters.TargetLayerDigestLabel], "mountpoint", mp)
+		s.log.Info("remote layer restored", "snapshot", i.Name, "layer", i.Labels[snapshotters.TargetLayerDigestLabel], "mountpoint", mp)
 	}
 	return nil
 }
@@ -218,7 +220,8 @@ func (s *Snapshotter) Check(ctx context.Context) error {
 }
 
 // Close closes the overlay snapshotter. The remote mounts belong to the FileSystem,
-// whose owner closes it (they are remounted by the next New).
+// whose owner closes it (the next New remounts them, or adopts those a layer server
+// process still serves).
 func (s *Snapshotter) Close() error {
 	return s.Snapshotter.Close()
 }

@@ -50,10 +50,14 @@ type config struct {
 	supernode, listen, advertise                 string
 	insecure                                     []string
 	prefetchRate                                 string
-	noPrefetch, status                           bool
+	noPrefetch, status, inProcess                bool
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == snapshotter.LayerServerCommand {
+		// Internal: serve one remote layer's FUSE mount (started by the snapshotter).
+		return snapshotter.RunLayerServer(ctx, args[1:], stderr)
+	}
 	fset := pflag.NewFlagSet("dfly-snapshotter", pflag.ContinueOnError)
 	fset.SetOutput(stderr)
 	var c config
@@ -68,6 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fset.StringVar(&c.supernode, "supernode", "", "supernode gRPC address: fetch layer blocks from peers and the seed (P2P); empty = registry only")
 	fset.StringVar(&c.listen, "listen", "0.0.0.0:8003", "with --supernode: upload server listen address (serves this host's blocks to peers)")
 	fset.StringVar(&c.advertise, "advertise", "", "with --supernode: host:port peers reach the upload server at (default: derived from --listen)")
+	fset.BoolVar(&c.inProcess, "in-process-layers", false, "serve remote layers' FUSE mounts inside this process (they then die with it: running containers lose them on a restart)")
 	fset.BoolVar(&c.status, "status", false, "print the status of the snapshotter running with --root and exit")
 	fset.Usage = func() { _, _ = fmt.Fprint(stderr, usage+fset.FlagUsages()) }
 	if err := fset.Parse(args); err != nil {
@@ -152,10 +157,25 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		}
 		defer func() { _ = eng.Close() }()
 	}
-	rfs, err := snapshotter.NewRemoteFS(snapshotter.RemoteFSOptions{
+	ropt := snapshotter.RemoteFSOptions{
 		Engine: eng, Resolver: &snapshotter.Resolver{Keychain: kc, Insecure: c.insecure}, Logger: log,
 		Prefetch: prefetch.Options{NetworkRate: rate}, NoPrefetch: c.noPrefetch,
-	})
+	}
+	if !c.inProcess {
+		// Each remote layer is served by its own process (in its own session), which
+		// outlives this one: running containers keep their layers across a restart.
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own executable to start layer servers: %w", err)
+		}
+		if err := os.MkdirAll(c.root, 0o700); err != nil {
+			return fmt.Errorf("create snapshotter root %s: %w", c.root, err)
+		}
+		ropt.LayerServer = []string{exe, snapshotter.LayerServerCommand}
+		ropt.BlockSocket = filepath.Join(c.root, "blocks.sock")
+		ropt.LayerServerLogLevel = c.logLevel
+	}
+	rfs, err := snapshotter.NewRemoteFS(ropt)
 	if err != nil {
 		return err
 	}

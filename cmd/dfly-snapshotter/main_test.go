@@ -25,6 +25,7 @@ func TestFlagsAndStatus(t *testing.T) {
 		{"extra argument", []string{"extra"}, 2, ""},
 		{"help", []string{"--help"}, 0, ""},
 		{"no status file", []string{"--status", "--root", filepath.Join(root, "none")}, 1, ""},
+		{"serve-layer without its flags", []string{"serve-layer"}, 2, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -43,7 +43,7 @@ func BenchmarkFirstOutput(b *testing.B) {
 			var served int64
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				w := newHost(b, reg)
+				w := newHost(b, reg, "")
 				before := reg.BlobBytes()
 				b.StartTimer()
 				if out, err := w.dfctl("image", "pull", "--snapshotter", m.sn, m.ref); err != nil {

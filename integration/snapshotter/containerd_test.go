@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -106,11 +107,23 @@ type world struct {
 	snRoot   string
 	snArgs   []string // extra dfly-snapshotter flags
 	ownsReg  bool
+	netns    string // network namespace (under /run/netns) the host's daemons and clients run in; "" = this one
+}
+
+// inNetns returns the command line that runs name args in the host's network namespace
+// (nsenter --net, which, unlike "ip netns exec", keeps the mount namespace: FUSE
+// mounts stay visible to containerd).
+func (w *world) inNetns(name string, args ...string) (string, []string) {
+	if w.netns == "" {
+		return name, args
+	}
+	return "nsenter", append([]string{"--net=/run/netns/" + w.netns, name}, args...)
 }
 
 func (w *world) startSnapshotter() {
-	w.sn = startProc(w.t, filepath.Join(w.dir, "snapshotter.log"), filepath.Join(w.bin, "dfly-snapshotter"),
+	name, args := w.inNetns(filepath.Join(w.bin, "dfly-snapshotter"),
 		append([]string{"--root", w.snRoot, "--address", w.snSock, "--log-level", "info", "--prefetch-rate", "10M"}, w.snArgs...)...)
+	w.sn = startProc(w.t, filepath.Join(w.dir, "snapshotter.log"), name, args...)
 	waitFor(w.t, "snapshotter socket", 30*time.Second, func() bool { _, err := os.Stat(w.snSock); return err == nil })
 }
 
@@ -128,7 +141,8 @@ func (w *world) ctr(args ...string) (string, string, error) {
 }
 
 func (w *world) dfctl(args ...string) (string, error) {
-	cmd := exec.Command(filepath.Join(w.bin, "dfctl"), append(args, "--address", w.ctrdSock, "-n", "dfly-test")...)
+	name, args := w.inNetns(filepath.Join(w.bin, "dfctl"), append(args, "--address", w.ctrdSock, "-n", "dfly-test")...)
+	cmd := exec.Command(name, args...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -139,11 +153,12 @@ func (w *world) status() string {
 }
 
 func newWorld(t testing.TB) *world {
-	return newHost(t, nil)
+	return newHost(t, nil, "")
 }
 
-// newHost starts a snapshotter (with extra flags) and a containerd; reg nil = a new registry.
-func newHost(t testing.TB, reg *Registry, snArgs ...string) *world {
+// newHost starts a snapshotter (with extra flags) and a containerd, in network namespace
+// netns ("" = this one); reg nil = a new registry.
+func newHost(t testing.TB, reg *Registry, netns string, snArgs ...string) *world {
 	requireAll(t)
 	// Short paths: unix socket paths are limited to 108 bytes.
 	dir, err := os.MkdirTemp("", "dfsn-")
@@ -154,7 +169,7 @@ func newHost(t testing.TB, reg *Registry, snArgs ...string) *world {
 	if owns {
 		reg = StartRegistry()
 	}
-	w := &world{t: t, dir: dir, bin: filepath.Join(dir, "bin"), reg: reg, ownsReg: owns, snArgs: snArgs,
+	w := &world{t: t, dir: dir, bin: filepath.Join(dir, "bin"), reg: reg, ownsReg: owns, snArgs: snArgs, netns: netns,
 		ctrdSock: filepath.Join(dir, "ctrd.sock"), snSock: filepath.Join(dir, "dfly.sock"), snRoot: filepath.Join(dir, "sn")}
 	t.Cleanup(func() { w.close() })
 	build := exec.Command("go", "build", "-o", w.bin+"/", "github.com/dfly-p2p/dfly/cmd/dfly-snapshotter",
@@ -179,7 +194,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	w.ctrd = startProc(t, filepath.Join(dir, "containerd.log"), "containerd", "--config", cfgPath)
+	name, args := w.inNetns("containerd", "--config", cfgPath)
+	w.ctrd = startProc(t, filepath.Join(dir, "containerd.log"), name, args...)
 	waitFor(t, "containerd socket", 30*time.Second, func() bool {
 		_, _, err := w.ctr("version")
 		return err == nil
@@ -219,11 +235,60 @@ func (w *world) close() {
 			}
 		}
 	}
+	// Layer servers exit when their mounts end; make sure none of ours is left.
+	for _, pid := range layerServers(w.dir) {
+		deadline := time.Now().Add(30 * time.Second)
+		for processAlive(pid) && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if processAlive(pid) {
+			stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stack", pid))
+			var lines []string
+			for _, l := range strings.Split(w.snLog(), "\n") {
+				if strings.Contains(l, fmt.Sprintf("pid=%d ", pid)) {
+					lines = append(lines, l)
+				}
+			}
+			w.t.Errorf("layer server %d still runs 30 s after its mounts were detached; killing it\nkernel stack:\n%s\nits log:\n%s",
+				pid, stack, strings.Join(lines, "\n"))
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 	if os.Getenv("DFLY_KEEP_TEST_DIR") == "" {
 		_ = os.RemoveAll(w.dir)
 	} else {
 		w.t.Logf("kept %s", w.dir)
 	}
+}
+
+// layerServers returns the pids of the layer server processes serving mounts under dir.
+func layerServers(dir string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 1 && args[1] == snapshotter.LayerServerCommand && strings.Contains(string(b), "\x00"+dir+"/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b))
+	return len(f) > 2 && f[2] != "Z"
 }
 
 func imageBytes(t testing.TB, ref string) (int64, []v1.Descriptor) {
@@ -308,27 +373,56 @@ func TestContainerdLazyPull(t *testing.T) {
 		}
 	})
 
-	t.Run("restart remounts from the store", func(t *testing.T) {
+	t.Run("snapshotter crash keeps running containers and remounts from the store", func(t *testing.T) {
+		// A container that keeps running across the crash.
+		if _, errOut, err := w.ctr("run", "-d", "--snapshotter", "dfly", lazy, "live1", "sh", "-c", "while true; do sleep 1; done"); err != nil {
+			t.Fatalf("ctr run -d: %v %s", err, errOut)
+		}
+		if out, errOut, err := w.ctr("task", "exec", "--exec-id", "before", "live1", "cat", "/small/file"); err != nil || out != string(small) {
+			t.Fatalf("exec before the crash = %q %v %s", out, err, errOut)
+		}
+		// A container created (not started) before the crash.
 		if _, errOut, err := w.ctr("container", "create", "--snapshotter", "dfly", lazy, "lazy3", "cat", "/small/file"); err != nil {
 			t.Fatalf("container create: %v %s", err, errOut)
 		}
-		w.sn.stop(syscall.SIGKILL) // a crash: the FUSE connections die with the process
+		w.sn.stop(syscall.SIGKILL) // a crash
 		served := w.reg.BlobBytes()
+		// While the snapshotter is down, the running container's reads of cached
+		// files still work (the layer servers live on; /small/file's chunk is cached).
+		if out, errOut, err := w.ctr("task", "exec", "--exec-id", "down", "live1", "cat", "/small/file"); err != nil || out != string(small) {
+			t.Fatalf("exec while the snapshotter is down = %q %v %s", out, err, errOut)
+		}
 		w.startSnapshotter()
-		waitFor(t, "layers remounted", 30*time.Second, func() bool {
-			return strings.Count(w.snLog(), "remote layer remounted") >= len(lazyLayers)
+		waitFor(t, "layers restored", 30*time.Second, func() bool {
+			return strings.Count(w.snLog(), "remote layer restored") >= len(lazyLayers)
 		})
+		if n := strings.Count(w.snLog(), "layer server still running; kept its mount"); n < len(lazyLayers) {
+			t.Fatalf("%d layer mounts kept across the crash, want %d:\n%s", n, len(lazyLayers), w.snLog())
+		}
 		// containerd's proxy connection retries with a backoff of up to a few seconds.
 		waitFor(t, "containerd reconnected to the snapshotter", 30*time.Second, func() bool {
 			_, _, err := w.ctr("snapshots", "--snapshotter", "dfly", "ls")
 			return err == nil
 		})
-		out, errOut, err := w.ctr("task", "start", "lazy3")
+		out, errOut, err := w.ctr("task", "exec", "--exec-id", "after1", "live1", "cat", "/small/file")
+		if err != nil || out != string(small) {
+			t.Fatalf("running container's cat /small/file after the crash = %q %v %s\n%s", out, err, errOut, w.snLog())
+		}
+		out, errOut, err = w.ctr("task", "exec", "--exec-id", "after2", "live1", "sha256sum", "/big")
+		if err != nil || !strings.HasPrefix(out, hex.EncodeToString(wantBig.Sum(nil))) {
+			t.Fatalf("running container's sha256sum /big after the crash = %q %v %s; want %x", out, err, errOut, wantBig.Sum(nil))
+		}
+		out, errOut, err = w.ctr("task", "start", "lazy3")
 		if err != nil || out != string(small) {
 			t.Fatalf("task start after restart = %q %v %s\n%s", out, err, errOut, w.snLog())
 		}
+		out, errOut, err = w.ctr("run", "--rm", "--snapshotter", "dfly", lazy, "lazy4", "sha256sum", "/big")
+		if err != nil || !strings.HasPrefix(out, hex.EncodeToString(wantBig.Sum(nil))) {
+			t.Fatalf("new container's sha256sum /big after the crash = %q %v %s", out, err, errOut)
+		}
 		_, _, _ = w.ctr("task", "rm", "lazy3")
 		_, _, _ = w.ctr("container", "rm", "lazy3")
+		_, _, _ = w.ctr("task", "kill", "-s", "SIGKILL", "live1")
 		if got := w.reg.BlobBytes() - served; got != 0 {
 			t.Fatalf("registry served %d bytes after the restart; want 0 (layers are complete in the store)", got)
 		}

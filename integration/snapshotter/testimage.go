@@ -13,6 +13,7 @@ import (
 	"io"
 	"log"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -158,6 +160,7 @@ func PushImage(ref string, layerTars ...string) (v1.Hash, error) {
 // Registry is an in-process OCI registry that counts the blob bytes it serves.
 type Registry struct {
 	srv       *httptest.Server
+	extra     []*http.Server // ServeOn listeners
 	blobBytes atomic.Int64
 
 	mu         sync.Mutex
@@ -169,8 +172,22 @@ type Registry struct {
 // StartRegistry starts the registry on a loopback port; Close stops it.
 func StartRegistry() *Registry {
 	r := &Registry{}
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.srv = httptest.NewServer(r.handler(registry.New(registry.Logger(log.New(io.Discard, "", 0)))))
+	return r
+}
+
+// ServeOn serves the same registry (same blobs, same byte counter) on l too, e.g. a
+// listener in a network namespace. Close stops it.
+func (r *Registry) ServeOn(l net.Listener) {
+	srv := &http.Server{Handler: r.srv.Config.Handler, ReadHeaderTimeout: 10 * time.Second}
+	r.mu.Lock()
+	r.extra = append(r.extra, srv)
+	r.mu.Unlock()
+	go func() { _ = srv.Serve(l) }() // ends when Close closes srv
+}
+
+func (r *Registry) handler(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/blobs/sha256:") {
 			h.ServeHTTP(w, req)
 			return
@@ -189,8 +206,7 @@ func StartRegistry() *Registry {
 		r.mu.Unlock()
 		cw := &countingWriter{ResponseWriter: w, n: &r.blobBytes, off: start, tamper: tamper, at: at, lim: lim, ctx: req.Context()}
 		h.ServeHTTP(cw, req)
-	}))
-	return r
+	})
 }
 
 // Host is the registry's host:port.
@@ -219,7 +235,16 @@ func (r *Registry) SetRate(bytesPerSec int) {
 }
 
 // Close stops the registry.
-func (r *Registry) Close() { r.srv.Close() }
+func (r *Registry) Close() {
+	r.mu.Lock()
+	extra := r.extra
+	r.extra = nil
+	r.mu.Unlock()
+	for _, s := range extra {
+		_ = s.Close()
+	}
+	r.srv.Close()
+}
 
 type countingWriter struct {
 	http.ResponseWriter
