@@ -246,8 +246,22 @@ func (d *Daemon) Download(ctx context.Context, dr DownloadRequest, cred *syscall
 		}
 	}
 	start := time.Now()
-	res, err := d.engine.Download(ctx, req, DownloadOptions{Progress: progress})
+	opts := DownloadOptions{Progress: progress}
+	var of *outputFile
+	if dr.Output != "" {
+		// The engine writes the output in the pass that verifies the whole
+		// content, so the store is read once, not twice.
+		var err error
+		if of, err = createOutput(dr.Output); err != nil {
+			return DownloadResult{}, err
+		}
+		opts.Output = of.f
+	}
+	res, err := d.engine.Download(ctx, req, opts)
 	if err != nil {
+		if of != nil {
+			of.abort()
+		}
 		return DownloadResult{}, fmt.Errorf("download %s: %w", dr.URL, err)
 	}
 	out := DownloadResult{
@@ -255,8 +269,8 @@ func (d *Daemon) Download(ctx context.Context, dr DownloadRequest, cred *syscall
 		BytesLocal: res.Stats.BytesLocal, BytesOrigin: res.Stats.BytesOrigin, BytesSeed: res.Stats.BytesSeed,
 		BytesPeers: res.Stats.BytesPeers, Fallbacks: res.Fallback,
 	}
-	if dr.Output != "" {
-		sum, err := writeOutput(ctx, d.store, res.Task.ID, dr.Output, cred)
+	if of != nil {
+		sum, err := of.commit(res.Task, cred)
 		if err != nil {
 			return DownloadResult{}, err
 		}
@@ -265,8 +279,14 @@ func (d *Daemon) Download(ctx context.Context, dr DownloadRequest, cred *syscall
 		out.SHA256 = hexsum
 	}
 	out.DurationMS = time.Since(start).Milliseconds()
-	d.log.Info("download complete", "task", out.TaskID, "bytes", out.Length, "origin", out.BytesOrigin,
-		"seed", out.BytesSeed, "peers", out.BytesPeers, "fallbacks", out.Fallbacks, "ms", out.DurationMS)
+	attrs := []any{"task", out.TaskID, "bytes", out.Length, "origin", out.BytesOrigin,
+		"seed", out.BytesSeed, "peers", out.BytesPeers, "fallbacks", out.Fallbacks, "ms", out.DurationMS}
+	if d.swarm != nil { // where the host's swarm time went (cumulative over its downloads)
+		ss := d.swarm.Stats()
+		attrs = append(attrs, "syncs", ss.Syncs, "empty_rounds", ss.EmptyRounds, "seed_pending_rounds", ss.SeedPendingRounds, "wait_s", fmt.Sprintf("%.1f", ss.WaitSeconds),
+			"transfer_s", fmt.Sprintf("%.1f", ss.TransferSeconds), "steals", ss.Steals, "parent_errors", ss.ParentErrors)
+	}
+	d.log.Info("download complete", attrs...)
 	return out, nil
 }
 

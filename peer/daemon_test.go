@@ -113,6 +113,9 @@ func TestDaemonOriginModeAndErrors(t *testing.T) {
 	if _, err := os.Stat(bad); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("output of a failed download exists: %v", err)
 	}
+	if entries, _ := os.ReadDir(filepath.Dir(bad)); len(entries) != 0 {
+		t.Fatalf("a failed download left %d entries (temporary output) behind", len(entries))
+	}
 	// A second daemon on the same socket is refused.
 	if _, err := StartDaemon(ctx, DaemonConfig{Sock: d.SockPath(), StoreDir: t.TempDir(), Logger: quietLogger()}); err == nil {
 		t.Fatal("second daemon on the same socket started")

@@ -1,8 +1,11 @@
 package peer
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -82,6 +85,22 @@ func TestWriteOutputAtomic(t *testing.T) {
 	if fi, _ := os.Stat(out); fi.Mode().Perm() != 0o644 {
 		t.Fatalf("mode %v, want 0644", fi.Mode())
 	}
+	// Content verified against its sha256: reported without hashing it
+	// again, and the file is that content.
+	if _, err := st.UpdateTask("task", func(m *blockstore.Task) error { m.Digest = "sha256:" + sum; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := st.VerifyAndComplete(ctx, "task", io.Discard); err != nil || !m.Verified {
+		t.Fatalf("verify: %+v, %v", m, err)
+	}
+	out2 := filepath.Join(dir, "out2.bin")
+	sum2, err := writeOutput(ctx, st, "task", out2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum2 != sum || fileSHA256(t, out2) != sum {
+		t.Fatalf("verified content: reported %s, file %s, want %s", sum2, fileSHA256(t, out2), sum)
+	}
 }
 
 func TestDefaultSocketPath(t *testing.T) {
@@ -92,4 +111,28 @@ func TestDefaultSocketPath(t *testing.T) {
 	if !filepath.IsAbs(p) || filepath.Base(p) != "dfdaemon.sock" {
 		t.Fatalf("socket path %s", p)
 	}
+}
+
+// writeOutput writes the stored content of task id to out through an
+// outputFile, as Daemon.Download does with the engine's output.
+func writeOutput(ctx context.Context, store *blockstore.Store, id, out string, cred *syscall.Ucred) (string, error) {
+	o, err := createOutput(out)
+	if err != nil {
+		return "", err
+	}
+	bw := bufio.NewWriterSize(o.f, 1<<20)
+	if _, err := store.WriteTo(ctx, id, bw); err != nil {
+		o.abort()
+		return "", fmt.Errorf("write %s: %w", out, err)
+	}
+	if err := bw.Flush(); err != nil {
+		o.abort()
+		return "", fmt.Errorf("write %s: %w", out, err)
+	}
+	meta, err := store.Task(id)
+	if err != nil {
+		o.abort()
+		return "", err
+	}
+	return o.commit(meta, cred)
 }

@@ -25,9 +25,13 @@ package peer
 //     supernode restart.
 //   - RegisterTask when the engine resolves a task (the seed starts).
 //   - Per task one Sync loop. FetchBlock calls register the block they wait
-//     for; the next round sends every awaited block as a "want" (foreground
-//     reads first, see WithPriority), plus the "have"s and fetch results
-//     gathered since, so concurrent FetchBlock calls share one round trip.
+//     for; the next round sends every awaited block no Sync in flight
+//     carries as a "want", plus the "have"s and fetch results gathered
+//     since, so concurrent FetchBlock calls share one round trip. Rounds
+//     run concurrently (up to maxRounds background ones), so a Sync the
+//     supernode holds while its seed fetches a block delays nobody else.
+//     A foreground block (a reader waits, see WithPriority) gets its own
+//     Sync at once, and background wants stay home while a reader waits.
 //     Only blocks about to be fetched are wanted: the supernode reserves a
 //     parent's upload slot for each answer until the result is reported.
 //     Bad-digest results are sent at once (the liar is blocked at once).
@@ -121,6 +125,10 @@ type SwarmStats struct {
 	WaitSeconds     float64 `json:"wait_seconds"`
 	TransferSeconds float64 `json:"transfer_seconds"`
 	EmptyRounds     int64   `json:"empty_rounds"`
+	// SeedPendingRounds counts the empty rounds whose block the seed had
+	// not fetched from the origin yet (the rest: every holder was busy, or
+	// a nearer copy was on its way).
+	SeedPendingRounds int64 `json:"seed_pending_rounds"`
 }
 
 // SupernodeSwarm implements the engine's Swarm interface against a supernode.
@@ -149,7 +157,7 @@ type SupernodeSwarm struct {
 
 	syncs, blocksSeed, blocksPeers, bytesSeed, bytesPeers atomic.Int64
 	bad, parentErrs, steals, unavailable, hbFailed        atomic.Int64
-	waitNanos, xferNanos, emptyRounds                     atomic.Int64
+	waitNanos, xferNanos, emptyRounds, seedPending        atomic.Int64
 }
 
 // NewSwarm connects to the supernode (lazily: a supernode that is down is
@@ -251,7 +259,7 @@ func (s *SupernodeSwarm) Stats() SwarmStats {
 		BadBlocks: s.bad.Load(), ParentErrors: s.parentErrs.Load(), Steals: s.steals.Load(),
 		Unavailable: s.unavailable.Load(), BytesByParent: by, ActiveTasks: n, HeartbeatsFailed: s.hbFailed.Load(),
 		WaitSeconds: time.Duration(s.waitNanos.Load()).Seconds(), TransferSeconds: time.Duration(s.xferNanos.Load()).Seconds(),
-		EmptyRounds: s.emptyRounds.Load(),
+		EmptyRounds: s.emptyRounds.Load(), SeedPendingRounds: s.seedPending.Load(),
 	}
 }
 
@@ -455,7 +463,7 @@ func (s *SupernodeSwarm) task(id string, req Request) (*swarmTask, error) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	st := &swarmTask{
 		s: s, id: id, req: req, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1),
-		next: newRound(), awaited: map[int]int{}, assign: map[int]assignment{}, holders: map[int]int{},
+		next: newRound(), nextFg: newRound(), sent: map[int]*round{}, fgAwait: map[int]int{}, awaited: map[int]int{}, assign: map[int]assignment{}, holders: map[int]int{}, pending: map[int]bool{},
 		excluded: map[string]bool{}, fails: map[string]int{}, loopDone: make(chan struct{}),
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
@@ -554,11 +562,13 @@ func (s *SupernodeSwarm) Done(t *Task, err error) {
 const (
 	maxWant       = 64 // wants per Sync (the protocol's bound)
 	assignTTL     = 2 * time.Second
-	syncInterval  = 100 * time.Millisecond
-	coalesceDelay = 5 * time.Millisecond // a kicked background round waits this long for more wants
-	orderWindow   = 0                    // shuffle all unheld blocks (see rarestFirst)
-	endgameLeft   = 8                    // steal when at most this many blocks are missing
-	fullEvery     = 10                   // every tenth heartbeat carries the full held list
+	syncInterval  = 50 * time.Millisecond
+	coalesceDelay = 5 * time.Millisecond  // a kicked background round waits this long for more wants
+	maxRounds     = 4                     // background Syncs in flight per task
+	fgRetry       = 10 * time.Millisecond // a reader's pause after an answer without parents
+	orderWindow   = 0                     // shuffle all unheld blocks (see rarestFirst)
+	endgameLeft   = 8                     // steal when at most this many blocks are missing
+	fullEvery     = 10                    // every tenth heartbeat carries the full held list
 )
 
 // rarestFirst orders missing blocks: held blocks by ascending holder count
@@ -652,12 +662,17 @@ type swarmTask struct {
 	registered bool
 	meta       blockstore.Task
 	token      string
-	next       *round      // the round the next Sync completes
-	awaited    map[int]int // block → number of FetchBlock calls waiting for parents
-	awaitOrder []int       // awaited blocks in arrival order
-	fgWaiting  int         // foreground callers among them
+	next       *round         // the next background Sync round
+	nextFg     *round         // the next foreground Sync round
+	sent       map[int]*round // awaited blocks a Sync in flight carries
+	bgRounds   int            // background Syncs in flight
+	rounds     sync.WaitGroup // Syncs in flight (the loop waits for them)
+	awaited    map[int]int    // block → number of FetchBlock calls waiting for parents
+	awaitOrder []int          // awaited blocks in arrival order
+	fgAwait    map[int]int    // block → foreground callers among them
 	assign     map[int]assignment
 	holders    map[int]int
+	pending    map[int]bool // wanted blocks the seed had not fetched yet at the last answer
 	have       []int32
 	results    []*api.BlockResult
 	excluded   map[string]bool // parents that served a bad block (this task)
@@ -804,30 +819,38 @@ func (st *swarmTask) finish(complete bool) {
 	}
 }
 
-// loop runs Sync rounds: at once when kicked (a waiter, an urgent result,
-// many haves), else every syncInterval while something is pending.
+// loop starts Sync rounds: at once when kicked (a waiter, an urgent result,
+// many haves), else every syncInterval while something is pending. Rounds
+// run concurrently (see startRoundsLocked): a Sync the supernode holds while
+// its seed fetches a wanted block never delays the wants that came after it.
 func (st *swarmTask) loop() {
 	defer close(st.loopDone)
+	defer st.rounds.Wait()
 	t := time.NewTicker(syncInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-st.ctx.Done():
 			st.mu.Lock()
-			r := st.next
-			st.next = newRound()
+			rs := []*round{st.next, st.nextFg}
+			st.next, st.nextFg = newRound(), newRound()
 			st.mu.Unlock()
-			r.err = fmt.Errorf("task %s left the swarm: %w", st.id, context.Canceled)
-			close(r.done)
+			for _, r := range rs {
+				r.err = fmt.Errorf("task %s left the swarm: %w", st.id, context.Canceled)
+				close(r.done)
+			}
 			return
 		case <-st.kick:
 			// Background wants wait a moment for the wants of the other
 			// workers, so that they share the round trip; a waiting reader
 			// (foreground) does not.
 			st.mu.Lock()
-			fg := st.fgWaiting
+			fg := st.fgUnsentLocked()
+			if fg {
+				st.startRoundsLocked(true)
+			}
 			st.mu.Unlock()
-			if fg == 0 {
+			if !fg {
 				select {
 				case <-time.After(coalesceDelay):
 				case <-st.ctx.Done():
@@ -835,63 +858,119 @@ func (st *swarmTask) loop() {
 			}
 		case <-t.C:
 		}
-		st.syncRound()
+		st.mu.Lock()
+		st.startRoundsLocked(false)
+		st.mu.Unlock()
 	}
 }
 
-// syncRound sends one Sync with everything pending and wakes the waiters.
-func (st *swarmTask) syncRound() {
-	s := st.s
-	st.mu.Lock()
-	if len(st.awaited) == 0 && len(st.have) == 0 && len(st.results) == 0 && st.registered {
-		st.mu.Unlock()
+// fgUnsentLocked reports whether a foreground caller waits for a block no
+// Sync in flight carries.
+func (st *swarmTask) fgUnsentLocked() bool {
+	for b, n := range st.fgAwait {
+		if n > 0 && st.sent[b] == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// startRoundsLocked starts the Syncs that are due: one for the foreground
+// wants no Sync in flight carries (never held back: a reader waits), and,
+// unless fgOnly, one for the other pending wants, haves and results when
+// fewer than maxRounds background Syncs are in flight.
+func (st *swarmTask) startRoundsLocked(fgOnly bool) {
+	if st.ctx.Err() != nil {
+		return
+	}
+	if st.fgUnsentLocked() {
+		r := st.nextFg
+		st.nextFg = newRound()
+		st.launchLocked(r, st.wantsLocked(true, r), true)
+	}
+	if fgOnly || st.bgRounds >= maxRounds || len(st.fgAwait) > 0 {
+		// While a reader waits for parents, background wants stay home:
+		// each one the supernode sees moves its block up the seed's
+		// fetch queue, ahead of the reader's.
+		return
+	}
+	want := st.wantsLocked(false, nil)
+	if len(want) == 0 && len(st.have) == 0 && len(st.results) == 0 && st.registered {
 		return
 	}
 	r := st.next
 	st.next = newRound()
-	registered := st.registered
-	st.mu.Unlock()
+	for _, b := range want {
+		st.sent[int(b)] = r
+	}
+	st.launchLocked(r, want, false)
+}
 
-	finish := func(err error) {
-		r.err = err
+// launchLocked runs one Sync round in its own goroutine (owned by the loop,
+// which waits for it) and wakes r's waiters when it is answered.
+func (st *swarmTask) launchLocked(r *round, want []int32, fg bool) {
+	if !fg {
+		st.bgRounds++
+	}
+	have, results := st.have, st.results
+	st.have, st.results = nil, nil
+	st.rounds.Add(1)
+	go func() {
+		defer st.rounds.Done()
+		r.err = st.syncRound(want, have, results)
+		st.mu.Lock()
+		for _, b := range want {
+			if st.sent[int(b)] == r {
+				delete(st.sent, int(b))
+			}
+		}
+		if !fg {
+			st.bgRounds--
+		}
+		st.mu.Unlock()
 		close(r.done)
+	}()
+}
+
+// syncRound sends one Sync and records its answer. What it could not
+// deliver (haves, results) is kept for the next round.
+func (st *swarmTask) syncRound(want, have []int32, results []*api.BlockResult) error {
+	s := st.s
+	keep := func() {
+		st.mu.Lock()
+		st.have = append(have, st.have...)
+		st.results = append(results, st.results...)
+		st.mu.Unlock()
 	}
 	if s.isDown() {
-		finish(fmt.Errorf("supernode %s is unreachable: %w", s.cfg.Supernode, ErrSwarmUnavailable))
-		return
+		keep()
+		return fmt.Errorf("supernode %s is unreachable: %w", s.cfg.Supernode, ErrSwarmUnavailable)
 	}
+	st.mu.Lock()
+	registered := st.registered
+	st.mu.Unlock()
 	if !registered {
 		if _, err := st.register(st.ctx); err != nil {
-			finish(err)
-			return
+			keep()
+			return err
 		}
 	}
 	meta, err := s.store.Task(st.id)
 	if err != nil {
-		finish(fmt.Errorf("task %s: %w", st.id, err))
-		return
+		keep()
+		return fmt.Errorf("task %s: %w", st.id, err)
 	}
-
-	st.mu.Lock()
-	req := &api.SyncRequest{HostId: s.cfg.HostID, TaskId: st.id, Have: st.have, Results: st.results}
-	st.have, st.results = nil, nil
-	req.Want = st.wantsLocked()
-	st.mu.Unlock()
-
+	req := &api.SyncRequest{HostId: s.cfg.HostID, TaskId: st.id, Have: have, Results: results, Want: want}
 	resp, err := st.syncRPC(st.ctx, req)
 	if err != nil {
-		st.mu.Lock() // keep what we could not deliver for the next round
-		st.have = append(req.Have, st.have...)
-		st.results = append(req.Results, st.results...)
-		st.mu.Unlock()
+		keep()
 		if s.forgotten(err) {
 			st.markUnregistered()
 		}
-		finish(fmt.Errorf("sync task %s with supernode %s: %v: %w", st.id, s.cfg.Supernode, err, ErrSwarmUnavailable))
-		return
+		return fmt.Errorf("sync task %s with supernode %s: %v: %w", st.id, s.cfg.Supernode, err, ErrSwarmUnavailable)
 	}
-	st.absorb(meta, resp)
-	finish(nil)
+	st.absorb(meta, want, resp)
+	return nil
 }
 
 func (st *swarmTask) syncRPC(ctx context.Context, req *api.SyncRequest) (*api.SyncResponse, error) {
@@ -905,19 +984,25 @@ func (st *swarmTask) syncRPC(ctx context.Context, req *api.SyncRequest) (*api.Sy
 	return resp, err
 }
 
-// wantsLocked lists the awaited blocks in arrival order. Only blocks a
-// caller is about to fetch are wanted: the supernode charges each assignment
-// to the parent's upload slots until its result is reported.
-func (st *swarmTask) wantsLocked() []int32 {
+// wantsLocked lists up to maxWant awaited blocks that no Sync in flight
+// carries, in arrival order: with fg the blocks a foreground caller waits
+// for (marked as sent in r), else the others (the caller marks them). Only
+// blocks a caller is about to fetch are wanted: the supernode charges each
+// assignment to the parent's upload slots until its result is reported.
+func (st *swarmTask) wantsLocked(fg bool, r *round) []int32 {
 	want := make([]int32, 0, min(len(st.awaitOrder), maxWant))
 	seen := map[int]bool{}
 	kept := st.awaitOrder[:0]
 	for _, b := range st.awaitOrder {
-		if st.awaited[b] > 0 && !seen[b] {
-			seen[b] = true
-			kept = append(kept, b)
-			if len(want) < maxWant {
-				want = append(want, int32(b))
+		if st.awaited[b] <= 0 || seen[b] {
+			continue
+		}
+		seen[b] = true
+		kept = append(kept, b)
+		if len(want) < maxWant && st.sent[b] == nil && (st.fgAwait[b] > 0) == fg {
+			want = append(want, int32(b))
+			if r != nil {
+				st.sent[b] = r
 			}
 		}
 	}
@@ -926,7 +1011,7 @@ func (st *swarmTask) wantsLocked() []int32 {
 }
 
 // absorb records digests (in the store) and assignments from a Sync answer.
-func (st *swarmTask) absorb(meta blockstore.Task, resp *api.SyncResponse) {
+func (st *swarmTask) absorb(meta blockstore.Task, want []int32, resp *api.SyncResponse) {
 	for _, d := range resp.GetDigests() {
 		if err := st.s.store.SetBlockDigest(st.id, int(d.GetBlock()), d.GetSha256()); err != nil {
 			st.s.log.Warn("supernode sent an unusable block digest", "task", st.id, "block", d.GetBlock(), "err", err)
@@ -943,6 +1028,12 @@ func (st *swarmTask) absorb(meta blockstore.Task, resp *api.SyncResponse) {
 		}
 	}
 	st.seedError = resp.GetSeedError()
+	for _, b := range want {
+		delete(st.pending, int(b))
+	}
+	for _, b := range resp.GetPending() {
+		st.pending[int(b)] = true
+	}
 	// Forget stale assignments so the map stays small.
 	if len(st.assign) > 4*maxWant {
 		for b, a := range st.assign {
@@ -973,21 +1064,24 @@ func (st *swarmTask) parents(idx int) []*api.Parent {
 }
 
 // await registers a caller waiting for block idx's parents and returns the
-// round whose answer will include it. Foreground blocks go first.
+// round whose answer will include it: the Sync in flight that carries it,
+// else the next foreground or background round.
 func (st *swarmTask) await(idx int, prio Priority) *round {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if prio == Foreground {
-		st.fgWaiting++
-	}
 	if st.awaited[idx] == 0 {
-		if prio == Foreground {
-			st.awaitOrder = append([]int{idx}, st.awaitOrder...) // a reader waits: ask for it first
-		} else {
-			st.awaitOrder = append(st.awaitOrder, idx)
-		}
+		st.awaitOrder = append(st.awaitOrder, idx)
 	}
 	st.awaited[idx]++
+	if prio == Foreground {
+		st.fgAwait[idx]++
+	}
+	if r := st.sent[idx]; r != nil {
+		return r
+	}
+	if st.fgAwait[idx] > 0 {
+		return st.nextFg
+	}
 	return st.next
 }
 
@@ -1002,7 +1096,9 @@ func (st *swarmTask) waitParents(ctx context.Context, idx int, urgent bool) ([]*
 			delete(st.awaited, idx)
 		}
 		if prio == Foreground {
-			st.fgWaiting--
+			if st.fgAwait[idx]--; st.fgAwait[idx] <= 0 {
+				delete(st.fgAwait, idx)
+			}
 		}
 		st.mu.Unlock()
 	}()
@@ -1059,10 +1155,23 @@ func (st *swarmTask) fetch(ctx context.Context, meta blockstore.Task, idx int, p
 			}
 		}
 		if len(ps) == 0 {
-			// Nobody holds it yet, or every holder is busy: wait for the
-			// next periodic round (at most syncInterval away) together with
-			// the other waiters instead of asking again at once.
+			// Nobody holds it yet, or every holder is busy. A reader asks
+			// again after a short pause (the supernode holds a Sync for a
+			// block its seed is fetching, so this does not spin); background
+			// work waits for the next periodic round (at most syncInterval
+			// away) together with the other waiters.
 			st.s.emptyRounds.Add(1)
+			st.mu.Lock()
+			if st.pending[idx] {
+				st.s.seedPending.Add(1)
+			}
+			st.mu.Unlock()
+			if priorityOf(ctx) == Foreground {
+				if err := sleepCtx(ctx, fgRetry); err != nil {
+					return nil, 0, err
+				}
+				continue
+			}
 			urgent = false
 			continue
 		}

@@ -35,6 +35,8 @@ type fakeScheduler struct {
 	blocked  map[string]bool // host IDs reported for a bad digest
 	syncs    int
 	wants    int
+	hold     map[int32]chan struct{} // a Sync that wants one of these blocks waits until the channel is closed
+	holding  int                     // Syncs waiting on hold now
 }
 
 type fakeTask struct {
@@ -96,8 +98,30 @@ func (f *fakeScheduler) RegisterTask(_ context.Context, r *api.RegisterTaskReque
 	return &api.RegisterTaskResponse{Meta: t.meta, Token: TaskToken(f.key, r.GetTaskId())}, nil
 }
 
-func (f *fakeScheduler) Sync(_ context.Context, r *api.SyncRequest) (*api.SyncResponse, error) {
+func (f *fakeScheduler) Sync(ctx context.Context, r *api.SyncRequest) (*api.SyncResponse, error) {
 	f.mu.Lock()
+	var held []chan struct{}
+	for _, w := range r.GetWant() {
+		if c, ok := f.hold[w]; ok {
+			held = append(held, c)
+		}
+	}
+	if len(held) > 0 {
+		f.holding++
+		f.mu.Unlock()
+		for _, c := range held { // like a supernode waiting for its seed
+			select {
+			case <-c:
+			case <-ctx.Done():
+			}
+		}
+		f.mu.Lock()
+		f.holding--
+		if err := ctx.Err(); err != nil {
+			f.mu.Unlock()
+			return nil, status.FromContextError(err).Err()
+		}
+	}
 	defer f.mu.Unlock()
 	f.syncs++
 	f.wants += len(r.GetWant())

@@ -336,17 +336,90 @@ func TestForegroundWantsGoFirst(t *testing.T) {
 	if priorityOf(context.Background()) != Background || priorityOf(WithPriority(context.Background(), Foreground)) != Foreground {
 		t.Fatal("priority does not travel in the context")
 	}
-	st := &swarmTask{awaited: map[int]int{}, next: newRound()}
+	st := &swarmTask{awaited: map[int]int{}, fgAwait: map[int]int{}, sent: map[int]*round{}, next: newRound(), nextFg: newRound()}
 	r := st.await(1, Background)
 	st.await(2, Background)
-	st.await(3, Foreground)
+	if fr := st.await(3, Foreground); fr != st.nextFg || fr == r {
+		t.Fatal("a foreground caller must wait for its own round, not the background one")
+	}
 	st.await(2, Background) // a second caller of block 2: asked once
 	if st.await(4, Background) != r {
 		t.Fatal("callers registered before a round must share it")
 	}
 	st.awaited[4] = 0 // its caller left
-	if got := st.wantsLocked(); !slices.Equal(got, []int32{3, 1, 2}) {
-		t.Fatalf("wants %v, want [3 1 2]: the foreground block first, then arrival order, no duplicates, no abandoned block", got)
+	fr := st.nextFg
+	if got := st.wantsLocked(true, fr); !slices.Equal(got, []int32{3}) {
+		t.Fatalf("foreground wants %v, want [3]", got)
+	}
+	if st.sent[3] != fr {
+		t.Fatal("the foreground block is not marked as carried by its round")
+	}
+	if st.await(3, Foreground) != fr {
+		t.Fatal("a caller of a block a Sync in flight carries must wait for that Sync")
+	}
+	if got := st.wantsLocked(true, newRound()); len(got) != 0 {
+		t.Fatalf("foreground wants %v while the block is in flight, want none", got)
+	}
+	if got := st.wantsLocked(false, nil); !slices.Equal(got, []int32{1, 2}) {
+		t.Fatalf("background wants %v, want [1 2]: arrival order, no duplicates, no abandoned block, no foreground block", got)
+	}
+}
+
+// A foreground read must not wait behind a Sync the supernode holds (as it
+// does while its seed fetches a wanted block): it gets its own round at once.
+func TestForegroundNotHeldBehindBackgroundSync(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	fx := newSeedFixture(t, 4<<20)
+	release := make(chan struct{})
+	fx.sched.mu.Lock()
+	fx.sched.hold = map[int32]chan struct{}{0: release}
+	fx.sched.mu.Unlock()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	p := newTestPeer(t, fx, "A", fx.addr, false)
+	task, err := p.engine.Open(ctx, Request{URL: fx.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bg := make(chan error, 1)
+	go func() { bg <- task.Fetch(ctx, 0, Background) }()
+	for {
+		fx.sched.mu.Lock()
+		n := fx.sched.holding
+		fx.sched.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if err := sleepCtx(ctx, 5*time.Millisecond); err != nil {
+			t.Fatal("the background Sync never reached the scheduler")
+		}
+	}
+	if err := task.Fetch(ctx, 1, Foreground); err != nil {
+		t.Fatal(err)
+	}
+	fx.sched.mu.Lock()
+	stillHeld := fx.sched.holding
+	fx.sched.mu.Unlock()
+	select {
+	case err := <-bg:
+		t.Fatalf("the background fetch ended (%v) before its Sync was released", err)
+	default:
+	}
+	if stillHeld != 1 {
+		t.Fatalf("%d Syncs held after the foreground read, want 1: the read waited for the held round", stillHeld)
+	}
+	if !p.store.HasBlock(fx.taskID, 1) || fx.origin.BytesSent() != 0 {
+		t.Fatalf("block 1 stored=%v, origin sent %d bytes: want it from the seed", p.store.HasBlock(fx.taskID, 1), fx.origin.BytesSent())
+	}
+	close(release)
+	if err := <-bg; err != nil {
+		t.Fatalf("background fetch after release: %v", err)
 	}
 }
 
