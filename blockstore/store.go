@@ -521,6 +521,9 @@ func (s *Store) PutBlock(ctx context.Context, id string, idx int, data []byte) e
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if s.HasBlock(id, idx) {
+		return nil // already stored (and verified): do not hash it again
+	}
 	sum := sha256.Sum256(data)
 	st, err := s.state(id)
 	if err != nil {

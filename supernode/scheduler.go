@@ -624,7 +624,10 @@ func (s *Scheduler) slots(h *host) int {
 // scoreLocked computes the ranking key of parent p for requester r (see score.go).
 func (s *Scheduler) scoreLocked(r, p *host, blockSize int64, norm float64, now time.Time) score {
 	s.pruneAssigned(p, now)
-	load := p.inFlight + len(p.assigned)
+	// An assignment becomes an upload in flight when the transfer starts and
+	// stays assigned until its result arrives: counting both would make a
+	// parent look full at half its real slots. Count each transfer once.
+	load := max(p.inFlight, len(p.assigned))
 	sc := score{saturated: load >= s.slots(p), locality: localityOf(r.IDC, r.Rack, p.IDC, p.Rack)}
 	switch {
 	case p.IsSeed:
