@@ -341,6 +341,17 @@ func (t *Task) adoptDigest(d string) error {
 
 // Fetch makes sure block idx is stored and verified.
 func (t *Task) Fetch(ctx context.Context, idx int, prio Priority) error {
+	if prio == Background && !t.e.store.HasBlock(t.id, idx) {
+		// Take a background slot before announcing the fetch as in flight, so
+		// a foreground reader of the same block never waits behind the
+		// background queue: it only ever waits for a fetch that is running.
+		select {
+		case t.e.bg <- struct{}{}:
+			defer func() { <-t.e.bg }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	for {
 		if t.e.store.HasBlock(t.id, idx) {
 			return nil
@@ -381,14 +392,6 @@ func isCtxErr(err error) bool {
 }
 
 func (t *Task) fetch(ctx context.Context, idx int, prio Priority) error {
-	if prio == Background {
-		select {
-		case t.e.bg <- struct{}{}:
-			defer func() { <-t.e.bg }()
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 	if t.rangeIgnored.Load() {
 		return t.streamAll(ctx)
 	}

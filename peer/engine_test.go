@@ -365,3 +365,38 @@ func TestFeedReordersEveryBatch(t *testing.T) {
 		seen[idx] = true
 	}
 }
+
+// TestForegroundNotBehindQueuedBackgroundFetch: a background fetch of block 1
+// queued behind a stuck background fetch (one slot) must not make a
+// foreground read of block 1 wait for that queue.
+func TestForegroundNotBehindQueuedBackgroundFetch(t *testing.T) {
+	e := newEnv(t, 3<<20)
+	sw := &fakeSwarm{e: e, block: make(chan struct{})}
+	eng := e.engine(t, Config{Swarm: sw, Concurrency: 1})
+	task, err := eng.Open(ctx, Request{URL: e.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck := make(chan error, 1)
+	go func() { stuck <- task.Fetch(ctx, 0, Background) }() // holds the only slot
+	time.Sleep(50 * time.Millisecond)
+	queued := make(chan error, 1)
+	go func() { queued <- task.Fetch(ctx, 1, Background) }() // waits for the slot
+	time.Sleep(50 * time.Millisecond)
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	p := make([]byte, 10)
+	if _, err := task.ReadAt(rctx, p, 1<<20+3); err != nil {
+		t.Fatalf("foreground read of a block queued in the background: %v", err)
+	}
+	if !bytes.Equal(p, e.bytes(1<<20+3, 10)) {
+		t.Fatal("wrong bytes")
+	}
+	close(sw.block)
+	if err := <-stuck; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-queued; err != nil {
+		t.Fatal(err)
+	}
+}
