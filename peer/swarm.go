@@ -263,7 +263,7 @@ func (s *SupernodeSwarm) Stats() SwarmStats {
 	}
 }
 
-// ValidToken implements TokenChecker with the token keys the supernode sent
+// api.ValidToken implements TokenChecker with the token keys the supernode sent
 // (the current one and the one before, so a supernode restart does not
 // break transfers in flight).
 func (s *SupernodeSwarm) ValidToken(taskID, token string) bool {
@@ -271,7 +271,7 @@ func (s *SupernodeSwarm) ValidToken(taskID, token string) bool {
 	keys := s.keys
 	s.mu.Unlock()
 	for _, k := range keys {
-		if hmac.Equal([]byte(TaskToken(k, taskID)), []byte(token)) {
+		if api.ValidToken(k, taskID, token) {
 			return true
 		}
 	}
@@ -774,7 +774,7 @@ func (st *swarmTask) tokenFor() string {
 	}
 	st.s.mu.Unlock()
 	if key != nil {
-		return TaskToken(key, st.id)
+		return api.TaskToken(key, st.id)
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -1350,7 +1350,7 @@ func (st *swarmTask) download(ctx context.Context, p *api.Parent, idx int, size 
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set(TokenHeader, st.tokenFor())
+	req.Header.Set(api.TokenHeader, st.tokenFor())
 	resp, err := st.s.http.Do(req)
 	if err != nil {
 		return nil, err

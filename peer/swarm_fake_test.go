@@ -95,7 +95,7 @@ func (f *fakeScheduler) RegisterTask(_ context.Context, r *api.RegisterTaskReque
 	if len(r.GetBitmap()) > 0 {
 		t.holders[r.GetHostId()] = blockstore.Bitmap(r.GetBitmap()).Clone()
 	}
-	return &api.RegisterTaskResponse{Meta: t.meta, Token: TaskToken(f.key, r.GetTaskId())}, nil
+	return &api.RegisterTaskResponse{Meta: t.meta, Token: api.TaskToken(f.key, r.GetTaskId())}, nil
 }
 
 func (f *fakeScheduler) Sync(ctx context.Context, r *api.SyncRequest) (*api.SyncResponse, error) {
@@ -273,5 +273,5 @@ type fakeTokens struct{ f *fakeScheduler }
 func (ft fakeTokens) ValidToken(task, token string) bool {
 	ft.f.mu.Lock()
 	defer ft.f.mu.Unlock()
-	return TaskToken(ft.f.key, task) == token
+	return api.TaskToken(ft.f.key, task) == token
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/peer/source"
+	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
 func TestRarestFirst(t *testing.T) {
@@ -299,7 +300,7 @@ func TestSwarmReannouncesAfterSupernodeRestart(t *testing.T) {
 		fx.sched.mu.Unlock()
 		if ok && bm.Count() == 2 {
 			// The upload server accepts tokens under the new key too.
-			if !a.swarm.ValidToken(fx.taskID, TaskToken(key, fx.taskID)) {
+			if !a.swarm.ValidToken(fx.taskID, api.TaskToken(key, fx.taskID)) {
 				t.Fatal("upload server rejects tokens of the restarted supernode")
 			}
 			return
@@ -313,7 +314,7 @@ func TestSwarmReannouncesAfterSupernodeRestart(t *testing.T) {
 
 func TestSwarmTokens(t *testing.T) {
 	s := &SupernodeSwarm{}
-	if s.ValidToken("t", TaskToken(nil, "t")) {
+	if s.ValidToken("t", api.TaskToken(nil, "t")) {
 		t.Fatal("a swarm without keys accepted a token")
 	}
 	s.keys = [][]byte{[]byte("new"), []byte("old")}
@@ -326,7 +327,7 @@ func TestSwarmTokens(t *testing.T) {
 		{"other", "t1", "t1", false},
 		{"new", "t1", "t2", false},
 	} {
-		if got := s.ValidToken(tc.check, TaskToken([]byte(tc.key), tc.task)); got != tc.want {
+		if got := s.ValidToken(tc.check, api.TaskToken([]byte(tc.key), tc.task)); got != tc.want {
 			t.Errorf("token of %s under key %s checked for %s: %v, want %v", tc.task, tc.key, tc.check, got, tc.want)
 		}
 	}

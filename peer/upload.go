@@ -3,7 +3,6 @@ package peer
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
 // Data plane: every peer (and the supernode's seed) serves the blocks it
@@ -31,19 +31,6 @@ import (
 // Answers: 200/206 with the block's bytes and X-Dfly-Digest (sha256 hex);
 // 404 when the block is not held (or failed verification on read); 403 on
 // a bad token; 429 when more than MaxUploads uploads are in flight.
-
-// TokenHeader carries the task token on block requests.
-const TokenHeader = "X-Dfly-Token"
-
-// DigestHeader carries the block's sha256 (hex) on block responses.
-const DigestHeader = "X-Dfly-Digest"
-
-// TaskToken computes the token of a task under key: hex(HMAC-SHA256(key, taskID)).
-func TaskToken(key []byte, taskID string) string {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(taskID))
-	return hex.EncodeToString(m.Sum(nil))
-}
 
 // TokenChecker decides whether a block request's token is valid for a task.
 // *SupernodeSwarm implements it with the keys the supernode handed out.
@@ -165,9 +152,9 @@ func (u *UploadServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "want /blocks/{task}/{index}", http.StatusNotFound)
 		return
 	}
-	if u.cfg.Tokens != nil && !u.cfg.Tokens.ValidToken(task, r.Header.Get(TokenHeader)) {
+	if u.cfg.Tokens != nil && !u.cfg.Tokens.ValidToken(task, r.Header.Get(api.TokenHeader)) {
 		u.forbidden.Add(1)
-		http.Error(w, "missing or invalid "+TokenHeader+" for this task", http.StatusForbidden)
+		http.Error(w, "missing or invalid "+api.TokenHeader+" for this task", http.StatusForbidden)
 		return
 	}
 	if n := u.inflight.Add(1); int(n) > u.cfg.MaxUploads {
@@ -199,7 +186,7 @@ func (u *UploadServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if u.cfg.CorruptUploads && len(data) > 0 {
 		data[len(data)/2] ^= 0xff
 	}
-	w.Header().Set(DigestHeader, hex.EncodeToString(sum))
+	w.Header().Set(api.DigestHeader, hex.EncodeToString(sum))
 	w.Header().Set("Content-Type", "application/octet-stream")
 	lw := &limitedWriter{ResponseWriter: w, ctx: r.Context(), lim: u.limiter, chunk: u.burst, n: &u.bytes}
 	http.ServeContent(lw, r, "", time.Time{}, bytes.NewReader(data))

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
 func TestParseBlockPath(t *testing.T) {
@@ -40,7 +41,7 @@ func TestParseBlockPath(t *testing.T) {
 
 type keyTokens []byte
 
-func (k keyTokens) ValidToken(task, token string) bool { return TaskToken(k, task) == token }
+func (k keyTokens) ValidToken(task, token string) bool { return api.TaskToken(k, task) == token }
 
 // uploadFixture is a store with one task of 3 blocks of 1 MiB where blocks 0 and 2 are present.
 func uploadFixture(t *testing.T) (*blockstore.Store, [][]byte) {
@@ -71,7 +72,7 @@ func get(t *testing.T, url, token, rng string) (*http.Response, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	if token != "" {
-		req.Header.Set(TokenHeader, token)
+		req.Header.Set(api.TokenHeader, token)
 	}
 	if rng != "" {
 		req.Header.Set("Range", rng)
@@ -94,12 +95,12 @@ func TestUploadServer(t *testing.T) {
 	u := NewUploadServer(UploadConfig{Store: st, Tokens: key, Logger: quietLogger()})
 	srv := httptest.NewServer(u)
 	defer srv.Close()
-	tok := TaskToken(key, "task")
+	tok := api.TaskToken(key, "task")
 
 	resp, body := get(t, srv.URL+"/blocks/task/2", tok, "")
 	sum := sha256.Sum256(blocks[2])
-	if resp.StatusCode != 200 || !bytes.Equal(body, blocks[2]) || resp.Header.Get(DigestHeader) != hex.EncodeToString(sum[:]) {
-		t.Fatalf("block 2: HTTP %d, %d bytes, digest %q", resp.StatusCode, len(body), resp.Header.Get(DigestHeader))
+	if resp.StatusCode != 200 || !bytes.Equal(body, blocks[2]) || resp.Header.Get(api.DigestHeader) != hex.EncodeToString(sum[:]) {
+		t.Fatalf("block 2: HTTP %d, %d bytes, digest %q", resp.StatusCode, len(body), resp.Header.Get(api.DigestHeader))
 	}
 	resp, body = get(t, srv.URL+"/blocks/task/0", tok, "bytes=5-9")
 	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, blocks[0][5:10]) {
@@ -110,9 +111,9 @@ func TestUploadServer(t *testing.T) {
 		want              int
 	}{
 		{"missing block", "/blocks/task/1", tok, 404},
-		{"unknown task", "/blocks/other/0", TaskToken(key, "other"), 404},
+		{"unknown task", "/blocks/other/0", api.TaskToken(key, "other"), 404},
 		{"no token", "/blocks/task/0", "", 403},
-		{"token of another task", "/blocks/task/0", TaskToken(key, "other"), 403},
+		{"token of another task", "/blocks/task/0", api.TaskToken(key, "other"), 403},
 		{"bad path", "/nope", tok, 404},
 	} {
 		if resp, _ := get(t, srv.URL+tc.path, tc.token, ""); resp.StatusCode != tc.want {

@@ -103,7 +103,7 @@ func (v *service) RegisterTask(ctx context.Context, req *api.RegisterTaskRequest
 	for _, h := range req.GetHeaders() {
 		hdr.Add(h.GetName(), h.GetValue())
 	}
-	resp := &api.RegisterTaskResponse{Token: TaskToken(v.sn.key, id)}
+	resp := &api.RegisterTaskResponse{Token: api.TaskToken(v.sn.key, id)}
 	meta, err := v.sn.seed.Ensure(ctx, SeedRequest{TaskID: id, URL: req.GetUrl(), Header: hdr, Digest: req.GetDigest()})
 	if ctx.Err() != nil {
 		return nil, status.FromContextError(ctx.Err()).Err()

@@ -128,7 +128,7 @@ func (p *fakePeer) syncUntil(id string, wants []int32) (map[int32][]byte, map[in
 func (p *fakePeer) fetch(addr, id string, idx int32, token string) (int, []byte, string) {
 	p.t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://%s/blocks/%s/%d", addr, id, idx), nil)
-	req.Header.Set(TokenHeader, token)
+	req.Header.Set(api.TokenHeader, token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		p.t.Fatal(err)
@@ -138,7 +138,7 @@ func (p *fakePeer) fetch(addr, id string, idx int32, token string) (int, []byte,
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	return resp.StatusCode, body, resp.Header.Get(DigestHeader)
+	return resp.StatusCode, body, resp.Header.Get(api.DigestHeader)
 }
 
 func parentsOf(a *api.Assignment) (ids []string) {
@@ -180,7 +180,7 @@ func TestSupernodeControlPlane(t *testing.T) {
 	if m := reg.Meta; m.Length != content.Size || m.BlockSize != 1<<20 || m.TaskId != id || m.SeedError != "" || m.Etag == "" {
 		t.Fatalf("meta %+v", m)
 	}
-	if reg.Token != TaskToken(sn.TokenKey(), id) {
+	if reg.Token != api.TaskToken(sn.TokenKey(), id) {
 		t.Fatal("token is not HMAC(token_key, task_id)")
 	}
 
@@ -203,7 +203,7 @@ func TestSupernodeControlPlane(t *testing.T) {
 			t.Fatalf("block %d: body/digest mismatch", b)
 		}
 	}
-	if status, _, _ := a.fetch(sn.Advertise(), id, 0, TaskToken([]byte("wrong key"), id)); status != http.StatusForbidden {
+	if status, _, _ := a.fetch(sn.Advertise(), id, 0, api.TaskToken([]byte("wrong key"), id)); status != http.StatusForbidden {
 		t.Fatalf("fetch with a forged token: HTTP %d, want 403", status)
 	}
 	// A announces what it stored; B now gets A before the seed.
@@ -427,7 +427,7 @@ func TestConcurrentPeers(t *testing.T) {
 
 func fetchBlock(addr, id string, idx int32, token string) ([]byte, error) {
 	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://%s/blocks/%s/%d", addr, id, idx), nil)
-	req.Header.Set(TokenHeader, token)
+	req.Header.Set(api.TokenHeader, token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err

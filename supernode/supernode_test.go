@@ -70,7 +70,7 @@ func TestSupernodeRestart(t *testing.T) {
 	c = dial(t, sn)
 	a.c = c
 	// The old token stays valid: the key persisted.
-	if TaskToken(sn.TokenKey(), id) != tok {
+	if api.TaskToken(sn.TokenKey(), id) != tok {
 		t.Fatal("token changed across a restart")
 	}
 	// A re-announces its holdings and, without registering again, Syncs:

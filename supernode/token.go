@@ -1,10 +1,7 @@
 package supernode
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -45,23 +42,4 @@ func LoadOrCreateTokenKey(path string) ([]byte, error) {
 		return nil, fmt.Errorf("install token key: %w", err)
 	}
 	return key, nil
-}
-
-// TaskToken is the token for a task: hex HMAC-SHA256(key, taskID). Peers send
-// it as X-Dfly-Token when fetching blocks of the task.
-func TaskToken(key []byte, taskID string) string {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(taskID))
-	return hex.EncodeToString(m.Sum(nil))
-}
-
-// ValidToken reports whether token is the task's token, in constant time.
-func ValidToken(key []byte, taskID, token string) bool {
-	got, err := hex.DecodeString(token)
-	if err != nil {
-		return false
-	}
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(taskID))
-	return hmac.Equal(got, m.Sum(nil))
 }

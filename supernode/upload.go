@@ -14,13 +14,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/supernode/api"
 )
-
-// TokenHeader carries a task token on block requests.
-const TokenHeader = "X-Dfly-Token"
-
-// DigestHeader carries the hex SHA-256 of the served block.
-const DigestHeader = "X-Dfly-Digest"
 
 // UploadConfig configures the seed's upload server.
 type UploadConfig struct {
@@ -108,8 +103,8 @@ func (u *UploadServer) serveBlock(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "block index must be a non-negative integer", http.StatusBadRequest)
 		return
 	}
-	if !ValidToken(u.cfg.TokenKey, id, r.Header.Get(TokenHeader)) {
-		http.Error(w, "missing or invalid "+TokenHeader+" for this task; get one from RegisterTask", http.StatusForbidden)
+	if !api.ValidToken(u.cfg.TokenKey, id, r.Header.Get(api.TokenHeader)) {
+		http.Error(w, "missing or invalid "+api.TokenHeader+" for this task; get one from RegisterTask", http.StatusForbidden)
 		return
 	}
 	if n := u.inFlight.Add(1); int(n) > u.cfg.MaxUploads {
@@ -132,7 +127,7 @@ func (u *UploadServer) serveBlock(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sum, _ := u.cfg.Store.BlockDigest(id, idx)
-	w.Header().Set(DigestHeader, hex.EncodeToString(sum))
+	w.Header().Set(api.DigestHeader, hex.EncodeToString(sum))
 	w.Header().Set("Content-Type", "application/octet-stream")
 	lw := &limitedWriter{ResponseWriter: w, ctx: r.Context(), lim: u.limiter, served: &u.served}
 	http.ServeContent(lw, r, "", time.Time{}, bytes.NewReader(data))

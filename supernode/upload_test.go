@@ -13,6 +13,7 @@ import (
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/integration/origin"
+	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
 // storeWithTask makes a store holding blocks of a task of the given length
@@ -47,7 +48,7 @@ func TestUploadServer(t *testing.T) {
 		c.ReadAt(buf, int64(b)<<20+off)
 		return buf
 	}
-	tok := TaskToken(key, "t1")
+	tok := api.TaskToken(key, "t1")
 	tests := []struct {
 		name   string
 		path   string
@@ -61,16 +62,16 @@ func TestUploadServer(t *testing.T) {
 		{"range", "/blocks/t1/0", tok, "bytes=1000-1999", 206, block(0, 1000, 1000)},
 		{"not held", "/blocks/t1/1", tok, "", 404, nil},
 		{"out of range", "/blocks/t1/7", tok, "", 404, nil},
-		{"unknown task", "/blocks/t2/0", TaskToken(key, "t2"), "", 404, nil},
+		{"unknown task", "/blocks/t2/0", api.TaskToken(key, "t2"), "", 404, nil},
 		{"no token", "/blocks/t1/0", "", "", 403, nil},
-		{"token of another task", "/blocks/t1/0", TaskToken(key, "t2"), "", 403, nil},
+		{"token of another task", "/blocks/t1/0", api.TaskToken(key, "t2"), "", 403, nil},
 		{"bad index", "/blocks/t1/x", tok, "", 400, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(http.MethodGet, srv.URL+tc.path, nil)
 			if tc.token != "" {
-				req.Header.Set(TokenHeader, tc.token)
+				req.Header.Set(api.TokenHeader, tc.token)
 			}
 			if tc.rng != "" {
 				req.Header.Set("Range", tc.rng)
@@ -93,8 +94,8 @@ func TestUploadServer(t *testing.T) {
 			idx := 0
 			fmt.Sscanf(tc.path, "/blocks/t1/%d", &idx)
 			sum := sha256.Sum256(block(idx, 0, blockstore.BlockLen(2<<20+100, 1<<20, idx)))
-			if got := resp.Header.Get(DigestHeader); got != hex.EncodeToString(sum[:]) {
-				t.Fatalf("%s = %s, want the whole block's sha256 %x", DigestHeader, got, sum)
+			if got := resp.Header.Get(api.DigestHeader); got != hex.EncodeToString(sum[:]) {
+				t.Fatalf("%s = %s, want the whole block's sha256 %x", api.DigestHeader, got, sum)
 			}
 		})
 	}
@@ -111,7 +112,7 @@ func TestUploadRateLimitAndConcurrencyCap(t *testing.T) {
 	defer srv.Close()
 	get := func(ctx context.Context) (*http.Response, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/blocks/t1/0", nil)
-		req.Header.Set(TokenHeader, TaskToken(key, "t1"))
+		req.Header.Set(api.TokenHeader, api.TaskToken(key, "t1"))
 		return http.DefaultClient.Do(req)
 	}
 	start := time.Now()

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dfly-p2p/dfly/cmd/internal/cli"
 	"github.com/dfly-p2p/dfly/fs/prefetch"
 )
 
@@ -168,7 +169,7 @@ func doStatus(dir, store string, jsonOut bool, w io.Writer) error {
 			verdict = "blocks only (no whole-content digest known)"
 		}
 		fmt.Fprintf(w, "  %s: %d/%d blocks (%.1f%%), prefetch %s, %s, complete %v, verified %s, from origin %s\n",
-			f.Name, present, total, pct, state, humanRate(rate), f.Complete, verdict, humanBytes(f.BytesOrigin))
+			f.Name, present, total, pct, state, humanRate(rate), f.Complete, verdict, cli.HumanBytes(f.BytesOrigin))
 		if errMsg != "" {
 			fmt.Fprintf(w, "    %s\n", errMsg)
 		}
@@ -176,17 +177,4 @@ func doStatus(dir, store string, jsonOut bool, w io.Writer) error {
 	return nil
 }
 
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
-func humanRate(bps float64) string { return humanBytes(int64(bps)) + "/s" }
+func humanRate(bps float64) string { return cli.HumanBytes(int64(bps)) + "/s" }

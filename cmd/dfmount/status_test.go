@@ -20,10 +20,10 @@ func TestStatusPath(t *testing.T) {
 	}
 }
 
-func TestHumanBytes(t *testing.T) {
-	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 3 << 20: "3.0 MiB", 5 << 30: "5.0 GiB"} {
-		if got := humanBytes(n); got != want {
-			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
+func TestHumanRate(t *testing.T) {
+	for n, want := range map[float64]string{0: "0 B/s", 1023: "1023 B/s", 1024: "1.0 KiB/s", 3 << 20: "3.0 MiB/s", 5 << 30: "5.0 GiB/s"} {
+		if got := humanRate(n); got != want {
+			t.Errorf("humanRate(%v) = %q, want %q", n, got, want)
 		}
 	}
 }
