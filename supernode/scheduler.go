@@ -624,10 +624,12 @@ func (s *Scheduler) slots(h *host) int {
 // scoreLocked computes the ranking key of parent p for requester r (see score.go).
 func (s *Scheduler) scoreLocked(r, p *host, blockSize int64, norm float64, now time.Time) score {
 	s.pruneAssigned(p, now)
-	// An assignment becomes an upload in flight when the transfer starts and
-	// stays assigned until its result arrives: counting both would make a
-	// parent look full at half its real slots. Count each transfer once.
-	load := max(p.inFlight, len(p.assigned))
+	// A running transfer is both an upload in flight and an outstanding
+	// assignment, so it counts twice and a busy parent looks full early.
+	// That is deliberate: counting it once (max of the two) let remote idle
+	// parents outrank busy local ones and raised cross-idc traffic (netbench
+	// locality, N=10, 64 MB: 3.46 vs 2.98 copies) with no gain in speed.
+	load := p.inFlight + len(p.assigned)
 	sc := score{saturated: load >= s.slots(p), locality: localityOf(r.IDC, r.Rack, p.IDC, p.Rack)}
 	switch {
 	case p.IsSeed:

@@ -7,10 +7,10 @@ package supernode
 // and is not blocked for T. Candidates are ranked by comparing, in order
 // (lexicographically, the first difference decides):
 //
-//  1. saturated: P already has as many transfers as it has slots
-//     (MaxAssignPerParent for peers, SeedMaxAssign for the seed), counting
-//     the larger of its uploads in flight and its assignments handed out
-//     recently (a transfer is both, and is counted once). Unsaturated parents always come first, so
+//  1. saturated: P's uploads in flight plus assignments handed out recently
+//     reach its slots (MaxAssignPerParent for peers, SeedMaxAssign for the
+//     seed); a running transfer counts in both, which keeps busy local
+//     parents from being swamped (see scoreLocked). Unsaturated parents always come first, so
 //     parallel assignments per parent are bounded and load spreads over every
 //     holder ("give every peer work, prefer idle uploaders").
 //  2. class: healthy peer < deprioritised peer < seed. A peer is deprioritised
