@@ -76,7 +76,7 @@ func demoSwarm(ctx context.Context, cfg config, out io.Writer) error {
 			return err
 		}
 	}
-	fmt.Fprintf(out, "supernode and %d dfdaemons up; logs in %s\n\n", demoPeers, logs)
+	fmt.Fprintf(out, "supernode and %d dfdaemons up; logs in %s (kept with --keep)\n\n", demoPeers, logs)
 
 	o.ResetCounters()
 	reports := make([]dfgetReport, demoPeers)
