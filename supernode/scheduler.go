@@ -345,22 +345,32 @@ func (s *Scheduler) lookup(taskID, hostID string) (*task, *host, error) {
 	return t, h, nil
 }
 
+// holderLocked returns the task, the host and its holding for an update of
+// what the host holds; hd is nil (and err nil) when the host is blocked for
+// the task, whose updates are ignored. A non-seed update marks the task used.
+func (s *Scheduler) holderLocked(taskID, hostID string) (*task, *host, *holding, error) {
+	t, h, err := s.lookup(taskID, hostID)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if t.blocked[hostID] {
+		return t, h, nil, nil
+	}
+	if !h.IsSeed {
+		t.used = s.cfg.Now()
+	}
+	return t, h, s.holdingLocked(t, h), nil
+}
+
 // SetHolding replaces what a host holds of a task with bitmap (bits past the
 // task's block count are ignored). Blocked hosts are ignored.
 func (s *Scheduler) SetHolding(taskID, hostID string, bitmap []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t, h, err := s.lookup(taskID, hostID)
-	if err != nil {
+	t, _, hd, err := s.holderLocked(taskID, hostID)
+	if err != nil || hd == nil {
 		return err
 	}
-	if t.blocked[hostID] {
-		return nil
-	}
-	if !h.IsSeed {
-		t.used = s.cfg.Now()
-	}
-	hd := s.holdingLocked(t, h)
 	bm := blockstore.Bitmap(bitmap)
 	for b := range t.n {
 		if b/8 < len(bm) && bm.Has(b) {
@@ -379,17 +389,10 @@ func (s *Scheduler) SetHolding(taskID, hostID string, bitmap []byte) error {
 func (s *Scheduler) AddBlocks(taskID, hostID string, blocks []int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t, h, err := s.lookup(taskID, hostID)
-	if err != nil {
+	t, h, hd, err := s.holderLocked(taskID, hostID)
+	if err != nil || hd == nil {
 		return err
 	}
-	if t.blocked[hostID] {
-		return nil
-	}
-	if !h.IsSeed {
-		t.used = s.cfg.Now()
-	}
-	hd := s.holdingLocked(t, h)
 	for _, b := range blocks {
 		if b >= 0 && b < t.n {
 			s.addLocked(t, hd, b)
