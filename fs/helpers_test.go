@@ -50,8 +50,8 @@ func (s *syncBuffer) String() string {
 }
 
 // env is the content path the tests read through: a real origin, a block
-// store and a peer engine. newEnv is the one place that builds the topology
-// (origin only today; a supernode and another peer plug in here).
+// store and a peer engine: origin only (newEnv), or with a supernode and
+// another peer (newSwarmEnv); tests run in both topologies.
 type env struct {
 	origin *origin.Server
 	store  *blockstore.Store
