@@ -34,6 +34,8 @@ type DaemonConfig struct {
 	StoreDir string
 	// Quota caps the store (bytes); 0 = none.
 	Quota int64
+	// DirectIO keeps block bytes out of the page cache (blockstore.Options.DirectIO).
+	DirectIO bool
 	// HostID overrides the ID used with the supernode.
 	HostID    string
 	IDC, Rack string
@@ -93,7 +95,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 			}
 		}
 	}()
-	d.store, err = blockstore.Open(cfg.StoreDir, blockstore.Options{Quota: cfg.Quota, Logger: cfg.Logger})
+	d.store, err = blockstore.Open(cfg.StoreDir, blockstore.Options{Quota: cfg.Quota, DirectIO: cfg.DirectIO, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -255,7 +257,7 @@ func (d *Daemon) Download(ctx context.Context, dr DownloadRequest, cred *syscall
 		if of, err = createOutput(dr.Output); err != nil {
 			return DownloadResult{}, err
 		}
-		opts.Output = of.f
+		opts.Output = of.w
 	}
 	res, err := d.engine.Download(ctx, req, opts)
 	if err != nil {

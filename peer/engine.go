@@ -64,8 +64,10 @@ type Swarm interface {
 	// returns its metadata. On error the engine asks the origin itself.
 	Resolve(ctx context.Context, req Request, id string) (blockstore.Task, error)
 	// FetchBlock returns block idx from a peer or the seed; it records the
-	// block's digest in the store first so that PutBlock verifies it. On error
-	// the engine fetches the block from the origin.
+	// block's digest in the store first so that PutBlock verifies it (and
+	// may store the block itself: the engine's PutBlock is then a no-op, so
+	// each block is hashed once). On error the engine fetches the block from
+	// the origin.
 	FetchBlock(ctx context.Context, t *Task, idx int) ([]byte, From, error)
 	// Stored is called after a block was verified and stored.
 	Stored(t *Task, idx int)

@@ -8,6 +8,9 @@ package peer
 //	                    {"event":"error","error":"..."}.
 //	GET  /v1/tasks      JSON array of the store's tasks
 //	GET  /v1/stats      JSON DaemonStats
+//	GET  /debug/pprof/  Go profiles (net/http/pprof), for root and the
+//	                    daemon's own user only:
+//	                    curl --unix-socket SOCK http://d/debug/pprof/profile?seconds=20 > cpu.pprof
 //
 // Output: the daemon itself writes the file named by DownloadRequest.Output
 // (an absolute path) atomically — a temporary file in the output's directory,
@@ -29,6 +32,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -36,6 +40,7 @@ import (
 	"time"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/directio"
 )
 
 // DefaultSocketPath is where dfdaemon listens by default: /run/dfly/dfdaemon.sock
@@ -135,7 +140,22 @@ func (a *localAPI) handler() http.Handler {
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, a.d.Stats())
 	})
+	mux.Handle("/debug/pprof/", a.ownerOnly(http.HandlerFunc(pprof.Index)))
+	mux.Handle("/debug/pprof/profile", a.ownerOnly(http.HandlerFunc(pprof.Profile)))
 	return mux
+}
+
+// ownerOnly admits callers that are root or the daemon's own user: profiles
+// show what other users download.
+func (a *localAPI) ownerOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cred, _ := r.Context().Value(credKey{}).(*syscall.Ucred)
+		if cred == nil || (cred.Uid != 0 && int(cred.Uid) != os.Geteuid()) {
+			http.Error(w, "profiles are for root and the daemon's user only", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -217,9 +237,11 @@ func checkOutput(out string, cred *syscall.Ucred) error {
 
 // outputFile is an output being written: a temporary file next to its
 // final name, renamed into place by commit (or removed by abort), so a
-// reader never sees a partial file.
+// reader never sees a partial file. It is written around the page cache
+// (the store already caches these bytes; see internal/directio).
 type outputFile struct {
 	f   *os.File
+	w   *directio.File
 	out string
 }
 
@@ -229,7 +251,7 @@ func createOutput(out string) (*outputFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create temporary output in %s: %w", dir, err)
 	}
-	return &outputFile{f: f, out: out}, nil
+	return &outputFile{f: f, w: directio.New(f), out: out}, nil
 }
 
 func (o *outputFile) abort() {
@@ -251,6 +273,9 @@ func (o *outputFile) commit(meta blockstore.Task, cred *syscall.Ucred) (_ string
 		}
 	}()
 	tmp := o.f
+	if err := o.w.Flush(); err != nil {
+		return "", err
+	}
 	algo, want, derr := blockstore.ParseDigest(meta.Digest)
 	sum := want
 	if derr != nil || algo != "sha256" || !(meta.Verified || meta.State == blockstore.StateComplete) {

@@ -39,8 +39,8 @@ package peer
 // Data plane: GET /blocks/{task}/{idx} (X-Dfly-Token) on the ranked parents in
 // order, skipping parents that served a bad block or failed 3 times in a row
 // for the task; the bytes are paced by the engine's download rate limit and
-// sha256-verified against the seed's digest (recorded in the store first)
-// before FetchBlock returns. In the end game (≤ 8 blocks missing) a slow
+// stored through the store's PutBlock, which checks them against the seed's
+// digest (recorded in the store first), before FetchBlock returns. In the end game (≤ 8 blocks missing) a slow
 // transfer is duplicated to the next parent and the first verified copy wins.
 // A block no parent delivered within BlockTimeout, or any failure to reach the
 // supernode, is an ErrSwarmUnavailable error: the engine then uses the origin.
@@ -48,7 +48,6 @@ package peer
 import (
 	"context"
 	"crypto/hmac"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -1209,7 +1208,6 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // fetchFrom tries the parents in order; in the end game a slow transfer is
 // duplicated to the next parent and the first verified copy wins.
 func (st *swarmTask) fetchFrom(ctx context.Context, meta blockstore.Task, idx int, ps []*api.Parent, pace pacer) ([]byte, From, error) {
-	want, _ := st.s.store.BlockDigest(st.id, idx)
 	size := meta.BlockLen(idx)
 	type res struct {
 		data []byte
@@ -1224,7 +1222,7 @@ func (st *swarmTask) fetchFrom(ctx context.Context, meta blockstore.Task, idx in
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			data, err := st.getBlock(fctx, p, idx, size, want, pace)
+			data, err := st.getBlock(fctx, p, idx, size, pace)
 			results <- res{data, p, err}
 		}()
 	}
@@ -1280,14 +1278,20 @@ var errBadDigest = errors.New("block failed its sha256 check")
 // errBusy marks a parent that refused with 429.
 var errBusy = errors.New("parent busy")
 
-// getBlock fetches and verifies one block from one parent and reports the result.
-func (st *swarmTask) getBlock(ctx context.Context, p *api.Parent, idx int, size int64, want []byte, pace pacer) ([]byte, error) {
+// getBlock fetches one block from one parent, stores it (the store checks it
+// against the seed's digest: each block is hashed once) and reports the result.
+func (st *swarmTask) getBlock(ctx context.Context, p *api.Parent, idx int, size int64, pace pacer) ([]byte, error) {
 	s := st.s
 	began := time.Now()
 	data, err := st.download(ctx, p, idx, size, pace)
+	var storeErr error
 	if err == nil {
-		if sum := sha256.Sum256(data); !hmac.Equal(sum[:], want) {
-			err = fmt.Errorf("%w: got %x, want %x", errBadDigest, sum[:6], want[:6])
+		if perr := s.store.PutBlock(ctx, st.id, idx, data); errors.Is(perr, blockstore.ErrDigestMismatch) {
+			err = fmt.Errorf("%w: %v", errBadDigest, perr)
+		} else if perr != nil && ctx.Err() == nil {
+			// Our side failed (disk full, task deleted): not the parent's
+			// fault, and the engine's own PutBlock will report it.
+			storeErr = perr
 		}
 	}
 	dur := time.Since(began)
@@ -1297,6 +1301,8 @@ func (st *swarmTask) getBlock(ctx context.Context, p *api.Parent, idx int, size 
 	}
 	st.mu.Lock()
 	switch {
+	case err == nil && storeErr != nil:
+		r.Error = "receiver could not store the block: " + storeErr.Error()
 	case err == nil:
 		r.Ok = true
 		st.fails[p.GetHostId()] = 0

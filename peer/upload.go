@@ -3,10 +3,9 @@ package peer
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/blockhttp"
 	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
@@ -166,58 +166,45 @@ func (u *UploadServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer u.inflight.Add(-1)
 
-	data, err := u.cfg.Store.ReadBlock(task, idx) // verifies; a corrupt block is dropped
-	if err != nil {
-		u.notFound.Add(1)
-		if errors.Is(err, blockstore.ErrNotFound) || errors.Is(err, blockstore.ErrCorrupt) {
-			http.Error(w, "block not held", http.StatusNotFound)
-		} else {
-			http.Error(w, "block not available", http.StatusNotFound)
+	var body io.Reader
+	var n int64
+	if u.cfg.CorruptUploads {
+		data, err := u.cfg.Store.ReadBlock(task, idx)
+		if err == nil && len(data) > 0 {
+			data[len(data)/2] ^= 0xff
 		}
-		return
+		body, n = bytes.NewReader(data), int64(len(data))
+		if err != nil {
+			u.refuse(w, err)
+			return
+		}
+	} else {
+		blk, size, err := u.cfg.Store.OpenBlock(task, idx) // verified; a corrupt block is dropped
+		if err != nil {
+			u.refuse(w, err)
+			return
+		}
+		defer blk.Close()
+		body, n = blk, size
 	}
 	// The store checked these bytes against this digest (when it stored or
 	// first read them): no need to hash them again for every upload.
-	sum, ok := u.cfg.Store.BlockDigest(task, idx)
-	if !ok {
-		s := sha256.Sum256(data)
-		sum = s[:]
+	sum, _ := u.cfg.Store.BlockDigest(task, idx)
+	p := blockhttp.Pacer{Limiter: u.limiter, Chunk: u.burst, Served: &u.bytes}
+	if err := blockhttp.Send(r.Context(), w, r, body, n, sum, p); err != nil {
+		u.log.Debug("upload cut short", "task", task, "block", idx, "err", err)
+		return
 	}
-	if u.cfg.CorruptUploads && len(data) > 0 {
-		data[len(data)/2] ^= 0xff
-	}
-	w.Header().Set(api.DigestHeader, hex.EncodeToString(sum))
-	w.Header().Set("Content-Type", "application/octet-stream")
-	lw := &limitedWriter{ResponseWriter: w, ctx: r.Context(), lim: u.limiter, chunk: u.burst, n: &u.bytes}
-	http.ServeContent(lw, r, "", time.Time{}, bytes.NewReader(data))
 	u.blocks.Add(1)
 }
 
-// limitedWriter paces writes through a shared rate limiter and counts bytes.
-type limitedWriter struct {
-	http.ResponseWriter
-	ctx   context.Context
-	lim   *rate.Limiter
-	chunk int
-	n     *atomic.Int64
-}
-
-func (l *limitedWriter) Write(p []byte) (int, error) {
-	written := 0
-	for len(p) > 0 {
-		c := min(len(p), l.chunk)
-		if l.lim != nil {
-			if err := l.lim.WaitN(l.ctx, c); err != nil {
-				return written, fmt.Errorf("upload rate limiter: %w", err)
-			}
-		}
-		m, err := l.ResponseWriter.Write(p[:c])
-		written += m
-		l.n.Add(int64(m))
-		if err != nil {
-			return written, err
-		}
-		p = p[c:]
+// refuse answers a request for a block the store cannot serve.
+func (u *UploadServer) refuse(w http.ResponseWriter, err error) {
+	u.notFound.Add(1)
+	if errors.Is(err, blockstore.ErrNotFound) || errors.Is(err, blockstore.ErrCorrupt) {
+		http.Error(w, "block not held", http.StatusNotFound)
+	} else {
+		u.log.Warn("upload: cannot read block", "err", err)
+		http.Error(w, "block not available", http.StatusNotFound)
 	}
-	return written, nil
 }

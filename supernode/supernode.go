@@ -34,6 +34,8 @@ type Config struct {
 	StoreDir string
 	// Quota caps the seed's store (bytes); 0 = none.
 	Quota int64
+	// DirectIO keeps block bytes out of the page cache (blockstore.Options.DirectIO).
+	DirectIO bool
 	// GRPCListen and UploadListen are the listen addresses of the control
 	// plane and of the seed's upload server (defaults 0.0.0.0:8002, :8001).
 	GRPCListen   string
@@ -112,7 +114,7 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	if s.key, err = LoadOrCreateTokenKey(filepath.Join(cfg.StoreDir, "token.key")); err != nil {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
-	if s.store, err = blockstore.Open(filepath.Join(cfg.StoreDir, "blocks"), blockstore.Options{Quota: cfg.Quota, Logger: cfg.Logger}); err != nil {
+	if s.store, err = blockstore.Open(filepath.Join(cfg.StoreDir, "blocks"), blockstore.Options{Quota: cfg.Quota, DirectIO: cfg.DirectIO, Logger: cfg.Logger}); err != nil {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
 	if s.upLn, err = net.Listen("tcp", cfg.UploadListen); err != nil {

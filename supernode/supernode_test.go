@@ -148,9 +148,9 @@ func TestSeedRepairsCorruptBlock(t *testing.T) {
 
 	block1 := make([]byte, 1<<20)
 	content.ReadAt(block1, 1<<20)
-	vlogs, _ := filepath.Glob(filepath.Join(dir, "blocks", "*.vlog"))
+	files, _ := filepath.Glob(filepath.Join(dir, "blocks", "data", "*"))
 	corrupted := false
-	for _, f := range vlogs {
+	for _, f := range files {
 		b, _ := os.ReadFile(f)
 		if i := bytes.Index(b, block1[5000:5064]); i >= 0 {
 			b[i+10] ^= 0xff
@@ -161,7 +161,7 @@ func TestSeedRepairsCorruptBlock(t *testing.T) {
 		}
 	}
 	if !corrupted {
-		t.Fatal("block 1 not found in the value log")
+		t.Fatal("block 1 not found in the store's data files")
 	}
 
 	sn = startSupernode(t, dir, SchedulerConfig{})

@@ -1,19 +1,16 @@
 package supernode
 
 import (
-	"bytes"
-	"context"
-	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/time/rate"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/blockhttp"
 	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
@@ -115,7 +112,7 @@ func (u *UploadServer) serveBlock(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer u.inFlight.Add(-1)
-	data, err := u.cfg.Store.ReadBlock(id, idx)
+	f, n, err := u.cfg.Store.OpenBlock(id, idx) // verified; a corrupt block is dropped
 	if err != nil {
 		if !errors.Is(err, blockstore.ErrNotFound) {
 			u.log.Warn("upload: cannot read block", "task", id, "block", idx, "err", err)
@@ -126,37 +123,10 @@ func (u *UploadServer) serveBlock(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "block not held", http.StatusNotFound)
 		return
 	}
+	defer f.Close()
 	sum, _ := u.cfg.Store.BlockDigest(id, idx)
-	w.Header().Set(api.DigestHeader, hex.EncodeToString(sum))
-	w.Header().Set("Content-Type", "application/octet-stream")
-	lw := &limitedWriter{ResponseWriter: w, ctx: r.Context(), lim: u.limiter, served: &u.served}
-	http.ServeContent(lw, r, "", time.Time{}, bytes.NewReader(data))
-}
-
-// limitedWriter paces writes through a shared rate limiter and counts bytes.
-type limitedWriter struct {
-	http.ResponseWriter
-	ctx    context.Context
-	lim    *rate.Limiter
-	served *atomic.Int64
-}
-
-func (l *limitedWriter) Write(p []byte) (int, error) {
-	written := 0
-	for len(p) > 0 {
-		n := min(len(p), uploadChunk)
-		if l.lim != nil {
-			if err := l.lim.WaitN(l.ctx, n); err != nil {
-				return written, err
-			}
-		}
-		m, err := l.ResponseWriter.Write(p[:n])
-		written += m
-		l.served.Add(int64(m))
-		if err != nil {
-			return written, err
-		}
-		p = p[n:]
+	p := blockhttp.Pacer{Limiter: u.limiter, Chunk: uploadChunk, Served: &u.served}
+	if err := blockhttp.Send(r.Context(), w, r, f, n, sum, p); err != nil {
+		u.log.Debug("upload cut short", "task", id, "block", idx, "err", err)
 	}
-	return written, nil
 }

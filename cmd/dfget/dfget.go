@@ -21,6 +21,7 @@ import (
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/cmd/internal/cli"
+	"github.com/dfly-p2p/dfly/internal/directio"
 	"github.com/dfly-p2p/dfly/peer"
 	"github.com/dfly-p2p/dfly/peer/source"
 )
@@ -325,6 +326,7 @@ func (d *downloader) run(ctx context.Context) (string, peer.Result, error) {
 type output struct {
 	path    string
 	f       *os.File
+	w       *directio.File // writes f around the page cache (the store caches these bytes)
 	h       hash.Hash
 	hashing bool
 	done    bool
@@ -335,11 +337,11 @@ func newOutput(path string) (*output, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create output beside %s: %w", path, err)
 	}
-	return &output{path: path, f: f, h: sha256.New()}, nil
+	return &output{path: path, f: f, w: directio.New(f), h: sha256.New()}, nil
 }
 
 func (o *output) Write(p []byte) (int, error) {
-	n, err := o.f.Write(p)
+	n, err := o.w.Write(p)
 	if o.hashing {
 		o.h.Write(p[:n])
 	}
@@ -350,16 +352,19 @@ func (o *output) Write(p []byte) (int, error) {
 }
 
 // Seek and Truncate let the engine rewrite the output after a repair pass.
-func (o *output) Seek(off int64, whence int) (int64, error) { return o.f.Seek(off, whence) }
+func (o *output) Seek(off int64, whence int) (int64, error) { return o.w.Seek(off, whence) }
 
 func (o *output) Truncate(n int64) error {
 	o.h.Reset()
-	return o.f.Truncate(n)
+	return o.w.Truncate(n)
 }
 
 func (o *output) sum() string { return hex.EncodeToString(o.h.Sum(nil)) }
 
 func (o *output) commit() error {
+	if err := o.w.Flush(); err != nil {
+		return err
+	}
 	if err := o.f.Sync(); err != nil {
 		return fmt.Errorf("write %s: %w", o.path, err)
 	}

@@ -155,7 +155,7 @@ func TestKill9AndResume(t *testing.T) {
 }
 
 // TestCorruptStoredBlockIsRefetched flips bytes of a stored block inside the
-// Badger value log; the next dfget detects it, refetches, and writes the right bytes.
+// store's data file; the next dfget detects it, refetches, and writes the right bytes.
 func TestCorruptStoredBlockIsRefetched(t *testing.T) {
 	o := startOrigin(t)
 	c := origin.Content{Size: 8 << 20, Seed: 3}
@@ -167,9 +167,9 @@ func TestCorruptStoredBlockIsRefetched(t *testing.T) {
 	}
 	needle := make([]byte, 64)
 	_, _ = c.ReadAt(needle, 5<<20+1000) // inside block 5
-	vlogs, _ := filepath.Glob(filepath.Join(store, "*.vlog"))
+	files, _ := filepath.Glob(filepath.Join(store, "data", "*"))
 	hit := false
-	for _, f := range vlogs {
+	for _, f := range files {
 		b, _ := os.ReadFile(f)
 		if i := bytes.Index(b, needle); i >= 0 {
 			b[i+3] ^= 0x55
@@ -180,7 +180,7 @@ func TestCorruptStoredBlockIsRefetched(t *testing.T) {
 		}
 	}
 	if !hit {
-		t.Fatal("block not found in the value log")
+		t.Fatal("block not found in the store's data files")
 	}
 	o.ResetCounters()
 	out := filepath.Join(dir, "b")
