@@ -64,10 +64,10 @@ type Swarm interface {
 	// returns its metadata. On error the engine asks the origin itself.
 	Resolve(ctx context.Context, req Request, id string) (blockstore.Task, error)
 	// FetchBlock returns block idx from a peer or the seed; it records the
-	// block's digest in the store first so that PutBlock verifies it (and
-	// may store the block itself: the engine's PutBlock is then a no-op, so
-	// each block is hashed once). On error the engine fetches the block from
-	// the origin.
+	// block's digest in the store first so that PutBlock verifies it. It
+	// may store the block itself and return nil bytes (the engine's PutBlock
+	// is then a no-op, so each block is hashed once, and the swarm can reuse
+	// its buffers). On error the engine fetches the block from the origin.
 	FetchBlock(ctx context.Context, t *Task, idx int) ([]byte, From, error)
 	// Stored is called after a block was verified and stored.
 	Stored(t *Task, idx int)
@@ -405,7 +405,7 @@ func (t *Task) fetch(ctx context.Context, idx int, prio Priority) error {
 			err = t.e.store.PutBlock(ctx, t.id, idx, data)
 		}
 		if err == nil {
-			t.count(from, int64(len(data)))
+			t.count(from, n)
 			sw.Stored(t, idx)
 			return nil
 		}

@@ -154,6 +154,9 @@ type SupernodeSwarm struct {
 	lastUpload rateSample    // last upload counter sample (for the heartbeat's rate)
 	hbKick     chan struct{} // asks the heartbeat for a full announce now
 
+	// bufs pools block buffers (*[]byte) of downloads that getBlock stored.
+	bufs sync.Pool
+
 	syncs, blocksSeed, blocksPeers, bytesSeed, bytesPeers atomic.Int64
 	bad, parentErrs, steals, unavailable, hbFailed        atomic.Int64
 	waitNanos, xferNanos, emptyRounds, seedPending        atomic.Int64
@@ -215,6 +218,14 @@ func NewSwarm(ctx context.Context, cfg SwarmConfig) (*SupernodeSwarm, error) {
 	s.wg.Add(1)
 	go s.heartbeatLoop(first)
 	return s, nil
+}
+
+// buffer returns a block buffer of n bytes, from the pool when one fits.
+func (s *SupernodeSwarm) buffer(n int64) []byte {
+	if bp, _ := s.bufs.Get().(*[]byte); bp != nil && int64(cap(*bp)) >= n {
+		return (*bp)[:n]
+	}
+	return make([]byte, n)
 }
 
 // HostID returns the ID this host uses with the supernode.
@@ -507,6 +518,12 @@ func (s *SupernodeSwarm) FetchBlock(ctx context.Context, t *Task, idx int) ([]by
 	data, from, err := st.fetch(ctx, t.Info(), idx, t.Engine().wait)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		s.unavailable.Add(1)
+	}
+	if err == nil && s.store.HasBlock(t.ID(), idx) {
+		// getBlock stored it: the buffer goes back to the pool.
+		buf := data
+		s.bufs.Put(&buf)
+		data = nil
 	}
 	return data, from, err
 }
@@ -1375,7 +1392,7 @@ func (st *swarmTask) download(ctx context.Context, p *api.Parent, idx int, size 
 	}
 	stall := time.AfterFunc(st.s.cfg.StallTimeout, func() { cancel(errors.New("transfer stalled")) })
 	defer stall.Stop()
-	buf := make([]byte, size)
+	buf := st.s.buffer(size)
 	n := 0
 	for n < len(buf) {
 		m, err := resp.Body.Read(buf[n:])
