@@ -732,16 +732,14 @@ func (s *Store) BlockDigest(id string, idx int) ([]byte, bool) {
 }
 
 // PutBlock stores block idx after checking its length and, when known, its
-// digest (ErrDigestMismatch otherwise; nothing is stored). Storing a block
-// already present is a no-op. The bytes go to the task's data file first;
+// digest (ErrDigestMismatch otherwise; nothing is stored). Putting a block
+// already present stores nothing but still checks the bytes: a nil error
+// always means data is the verified block. The bytes go to the task's data file first;
 // the block becomes present (one Badger transaction) only once they are
 // written — and synced, with Options.SyncWrites.
 func (s *Store) PutBlock(ctx context.Context, id string, idx int, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
-	}
-	if s.HasBlock(id, idx) {
-		return nil // already stored (and verified): do not hash it again
 	}
 	sum := sha256.Sum256(data)
 	st, err := s.state(id)
@@ -812,12 +810,12 @@ func (s *Store) checkPutLocked(st *taskState, idx int, data, sum []byte) (*os.Fi
 		s.rejected.Add(1)
 		return nil, fmt.Errorf("put block %d of task %s: %d bytes, want %d: %w", idx, id, len(data), want, ErrDigestMismatch)
 	}
-	if st.bitmap.Has(idx) {
-		return nil, nil
-	}
 	if want := st.digests[idx]; want != nil && !bytes.Equal(want, sum) {
 		s.rejected.Add(1)
 		return nil, fmt.Errorf("put block %d of task %s: sha256 %x, want %x: %w", idx, id, sum[:8], want[:8], ErrDigestMismatch)
+	}
+	if st.bitmap.Has(idx) {
+		return nil, nil
 	}
 	return s.fileLocked(st)
 }
@@ -1154,28 +1152,80 @@ func (s *Store) WriteTo(ctx context.Context, id string, w io.Writer) (int64, err
 }
 
 func (s *Store) writeTo(ctx context.Context, id string, w io.Writer, verify bool) (int64, error) {
-	t, err := s.Task(id)
-	if err != nil {
-		return 0, err
-	}
 	var written int64
-	var buf []byte
-	for idx := 0; idx < t.NumBlocks(); idx++ {
-		if err := ctx.Err(); err != nil {
-			return written, err
-		}
-		blk, err := s.readBlock(id, idx, buf, verify)
-		if err != nil {
-			return written, err
-		}
+	err := s.streamBlocks(ctx, id, verify, func(_ int, blk []byte) error {
 		m, err := w.Write(blk)
 		written += int64(m)
-		if err != nil {
-			return written, err
-		}
-		buf = blk[:0]
+		return err
+	})
+	return written, err
+}
+
+// readAhead is how many blocks streamBlocks reads ahead of its consumer.
+const readAhead = 2
+
+// ForEachBlock hands every block of the task, verified, in order, to fn
+// (see streamBlocks); blk is valid only during the call.
+func (s *Store) ForEachBlock(ctx context.Context, id string, fn func(idx int, blk []byte) error) error {
+	return s.streamBlocks(ctx, id, true, fn)
+}
+
+// streamBlocks hands every block of the task, in order, to fn. A reader
+// goroutine (owned by this call, which waits for it) reads ahead, so that
+// reading the store overlaps with what fn does (hashing, writing an
+// output); a block's buffer is reused only after fn returned.
+func (s *Store) streamBlocks(ctx context.Context, id string, verify bool, fn func(idx int, blk []byte) error) error {
+	t, err := s.Task(id)
+	if err != nil {
+		return err
 	}
-	return written, nil
+	ctx, cancel := context.WithCancel(ctx)
+	type read struct {
+		idx int
+		blk []byte
+		err error
+	}
+	blocks := make(chan read, readAhead)
+	free := make(chan []byte, readAhead+1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(blocks)
+		for idx := range t.NumBlocks() {
+			var buf []byte
+			select {
+			case buf = <-free:
+			default:
+			}
+			r := read{idx: idx, err: ctx.Err()}
+			if r.err == nil {
+				r.blk, r.err = s.readBlock(id, idx, buf, verify)
+			}
+			select {
+			case blocks <- r:
+			case <-ctx.Done():
+				return
+			}
+			if r.err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { cancel(); wg.Wait() }() // a reader blocked on a full channel leaves on cancel
+	for r := range blocks {
+		if r.err != nil {
+			return r.err
+		}
+		if err := fn(r.idx, r.blk); err != nil {
+			return err
+		}
+		select {
+		case free <- r.blk[:0]:
+		default:
+		}
+	}
+	return ctx.Err()
 }
 
 // Scrub reads and re-hashes every present block of the task (even those
@@ -1218,6 +1268,20 @@ func (s *Store) Scrub(ctx context.Context, id string) (int, error) {
 // checked, blocks are not re-hashed one by one (the whole digest covers them);
 // after a mismatch, Scrub tells a corrupt block from wrong content.
 func (s *Store) VerifyAndComplete(ctx context.Context, id string, w io.Writer) (Task, error) {
+	var emit func(int, []byte) error
+	if w != nil {
+		emit = func(_ int, blk []byte) error {
+			_, err := w.Write(blk)
+			return err
+		}
+	}
+	return s.VerifyAndCompleteFunc(ctx, id, emit)
+}
+
+// VerifyAndCompleteFunc is VerifyAndComplete handing each block, in order,
+// to emit (if not nil) instead of a writer; emit runs while the block is
+// hashed and must only read blk, which is valid during the call.
+func (s *Store) VerifyAndCompleteFunc(ctx context.Context, id string, emit func(idx int, blk []byte) error) (Task, error) {
 	t, err := s.Task(id)
 	if err != nil {
 		return Task{}, err
@@ -1233,11 +1297,19 @@ func (s *Store) VerifyAndComplete(ctx context.Context, id string, w io.Writer) (
 	if err != nil {
 		return t, err
 	}
-	dst := io.Writer(h)
-	if w != nil {
-		dst = io.MultiWriter(h, w)
-	}
-	if _, err := s.writeTo(ctx, id, dst, want == ""); err != nil {
+	// Hash and write each block at the same time (they only read it),
+	// while the next blocks are read.
+	werr := make(chan error, 1)
+	err = s.streamBlocks(ctx, id, want == "", func(idx int, blk []byte) error {
+		if emit == nil {
+			h.Write(blk)
+			return nil
+		}
+		go func() { werr <- emit(idx, blk) }()
+		h.Write(blk)
+		return <-werr
+	})
+	if err != nil {
 		return t, fmt.Errorf("verify task %s: %w", id, err)
 	}
 	got := hex.EncodeToString(h.Sum(nil))

@@ -707,3 +707,44 @@ func TestDirectIO(t *testing.T) {
 		t.Fatalf("small blocks: %v", err)
 	}
 }
+
+// failingWriter fails once more than limit bytes were written to it.
+type failingWriter struct{ n, limit int }
+
+func (f *failingWriter) Write(p []byte) (int, error) {
+	if f.n+len(p) > f.limit {
+		return 0, errors.New("disk on fire")
+	}
+	f.n += len(p)
+	return len(p), nil
+}
+
+// TestStreamingStopsOnWriterError: the read-ahead pipeline of
+// VerifyAndComplete and WriteTo returns the writer's error (and does not
+// hang or complete the task) when the output fails half-way.
+func TestStreamingStopsOnWriterError(t *testing.T) {
+	s := openT(t, t.TempDir(), Options{GCInterval: -1})
+	task, data := content("w", 40*4096)
+	if _, err := s.CreateTask(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	putAll(t, s, task, data)
+	if _, err := s.VerifyAndComplete(ctx, "w", &failingWriter{limit: 5 * 4096}); err == nil || !strings.Contains(err.Error(), "disk on fire") {
+		t.Fatalf("verify into a failing writer: %v", err)
+	}
+	if got, _ := s.Task("w"); got.State != StatePending {
+		t.Fatalf("task completed although its output failed: %s", got.State)
+	}
+	if _, err := s.WriteTo(ctx, "w", &failingWriter{limit: 3*4096 + 1}); err == nil {
+		t.Fatal("WriteTo into a failing writer succeeded")
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.WriteTo(cctx, "w", io.Discard); !errors.Is(err, context.Canceled) {
+		t.Fatalf("WriteTo with a cancelled context: %v", err)
+	}
+	var out bytes.Buffer
+	if _, err := s.VerifyAndComplete(ctx, "w", &out); err != nil || !bytes.Equal(out.Bytes(), data) {
+		t.Fatalf("verify afterwards: %v", err)
+	}
+}

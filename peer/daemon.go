@@ -251,13 +251,14 @@ func (d *Daemon) Download(ctx context.Context, dr DownloadRequest, cred *syscall
 	opts := DownloadOptions{Progress: progress}
 	var of *outputFile
 	if dr.Output != "" {
-		// The engine writes the output in the pass that verifies the whole
-		// content, so the store is read once, not twice.
+		// The engine writes each block to the output as soon as it is
+		// stored (the verified bytes, while the transfer runs) and the rest
+		// in the pass that verifies the whole content.
 		var err error
 		if of, err = createOutput(dr.Output); err != nil {
 			return DownloadResult{}, err
 		}
-		opts.Output = of.w
+		opts.OutputAt = of.w
 	}
 	res, err := d.engine.Download(ctx, req, opts)
 	if err != nil {
@@ -271,18 +272,22 @@ func (d *Daemon) Download(ctx context.Context, dr DownloadRequest, cred *syscall
 		BytesLocal: res.Stats.BytesLocal, BytesOrigin: res.Stats.BytesOrigin, BytesSeed: res.Stats.BytesSeed,
 		BytesPeers: res.Stats.BytesPeers, Fallbacks: res.Fallback,
 	}
+	var commit time.Duration
 	if of != nil {
+		began := time.Now()
 		sum, err := of.commit(res.Task, cred)
 		if err != nil {
 			return DownloadResult{}, err
 		}
 		out.SHA256 = sum
+		commit = time.Since(began)
 	} else if algo, hexsum, err := blockstore.ParseDigest(res.Task.Digest); err == nil && algo == "sha256" {
 		out.SHA256 = hexsum
 	}
 	out.DurationMS = time.Since(start).Milliseconds()
 	attrs := []any{"task", out.TaskID, "bytes", out.Length, "origin", out.BytesOrigin,
-		"seed", out.BytesSeed, "peers", out.BytesPeers, "fallbacks", out.Fallbacks, "ms", out.DurationMS}
+		"seed", out.BytesSeed, "peers", out.BytesPeers, "fallbacks", out.Fallbacks, "ms", out.DurationMS,
+		"verify_ms", res.Verify.Milliseconds(), "commit_ms", commit.Milliseconds()}
 	if d.swarm != nil { // where the host's swarm time went (cumulative over its downloads)
 		ss := d.swarm.Stats()
 		attrs = append(attrs, "syncs", ss.Syncs, "empty_rounds", ss.EmptyRounds, "seed_pending_rounds", ss.SeedPendingRounds, "wait_s", fmt.Sprintf("%.1f", ss.WaitSeconds),

@@ -276,7 +276,8 @@ type Task struct {
 
 	mu       sync.Mutex
 	inflight map[int]*call
-	stream   sync.Mutex // serialises the one-stream fallback
+	mirrors  map[*outputMirror]struct{} // outputs of running downloads (OutputAt)
+	stream   sync.Mutex                 // serialises the one-stream fallback
 	cache    *blockCache
 
 	bytesLocal, bytesOrigin, bytesSeed, bytesPeers atomic.Int64
@@ -401,8 +402,10 @@ func (t *Task) fetch(ctx context.Context, idx int, prio Priority) error {
 	n := meta.BlockLen(idx)
 	if sw := t.e.cfg.Swarm; sw != nil {
 		data, from, err := sw.FetchBlock(WithPriority(ctx, prio), t, idx)
-		if err == nil {
-			err = t.e.store.PutBlock(ctx, t.id, idx, data)
+		if err == nil && data != nil { // nil: the swarm stored it itself
+			if err = t.e.store.PutBlock(ctx, t.id, idx, data); err == nil {
+				t.stored(idx, data)
+			}
 		}
 		if err == nil {
 			t.count(from, n)
@@ -433,6 +436,7 @@ func (t *Task) fetch(ctx context.Context, idx int, prio Priority) error {
 	if err := t.e.store.PutBlock(ctx, t.id, idx, data); err != nil {
 		return err
 	}
+	t.stored(idx, data)
 	t.count(FromOrigin, n)
 	if sw := t.e.cfg.Swarm; sw != nil {
 		sw.Stored(t, idx)
@@ -499,6 +503,7 @@ func (t *Task) streamAll(ctx context.Context) error {
 		if err := t.e.store.PutBlock(ctx, t.id, idx, buf[:n]); err != nil {
 			return err
 		}
+		t.stored(idx, buf[:n])
 		if sw := t.e.cfg.Swarm; sw != nil {
 			sw.Stored(t, idx)
 		}
@@ -583,13 +588,46 @@ func (t *Task) Complete(ctx context.Context) (blockstore.Task, error) {
 // w must accept a restart: after a failed pass it is rewound via Seek, or,
 // when it cannot be, the error is returned.
 func (t *Task) complete(ctx context.Context, w io.Writer) (blockstore.Task, error) {
+	var emit func(int, []byte) error
+	var reset func() error
+	if w != nil {
+		emit = func(_ int, blk []byte) error {
+			_, err := w.Write(blk)
+			return err
+		}
+		reset = func() error { return rewind(w) }
+	}
+	return t.completeFunc(ctx, emit, reset)
+}
+
+// completeAt is Complete writing each block at its offset in w, except the
+// blocks m (if not nil) already wrote there.
+func (t *Task) completeAt(ctx context.Context, w io.WriterAt, m *outputMirror) (blockstore.Task, error) {
+	bs := t.Info().BlockSize
+	emit := func(idx int, blk []byte) error {
+		if m != nil && m.wrote(idx) {
+			return nil
+		}
+		_, err := w.WriteAt(blk, int64(idx)*bs)
+		return err
+	}
+	reset := func() error {
+		m = nil // after a repair every block is written again
+		return nil
+	}
+	return t.completeFunc(ctx, emit, reset)
+}
+
+// completeFunc runs the verification passes, emitting every block of a
+// pass that verifies (reset is called before a pass that follows a repair).
+func (t *Task) completeFunc(ctx context.Context, emit func(int, []byte) error, reset func() error) (blockstore.Task, error) {
 	for attempt := 0; ; attempt++ {
-		if attempt > 0 && w != nil {
-			if err := rewind(w); err != nil {
+		if attempt > 0 && reset != nil {
+			if err := reset(); err != nil {
 				return t.Info(), err
 			}
 		}
-		meta, err := t.e.store.VerifyAndComplete(ctx, t.id, w)
+		meta, err := t.e.store.VerifyAndCompleteFunc(ctx, t.id, emit)
 		if err == nil || attempt >= 2 {
 			return meta, err
 		}
@@ -640,6 +678,95 @@ type DownloadOptions struct {
 	// pass as the whole-content verification. If it is an *os.File (or has
 	// Seek and Truncate) a repair pass can rewrite it.
 	Output io.Writer
+	// OutputAt, if set (instead of Output), receives every block at its
+	// offset: each block this download fetches as soon as it is stored, so
+	// that writing the output overlaps the transfer, and the others in the
+	// verification pass. When Download succeeds the output holds exactly
+	// the verified content: every block written was verified against its
+	// digest, and the pass checked the whole content.
+	OutputAt io.WriterAt
+}
+
+// outputMirror writes the blocks a download stores to its OutputAt at once,
+// from the very bytes the store verified (Task.stored), so writing the
+// output overlaps the transfer. The download closes it before its
+// verification pass.
+type outputMirror struct {
+	t  *Task
+	w  io.WriterAt
+	bs int64
+
+	mu      sync.RWMutex // writes hold it shared; close exclusively
+	closed  bool
+	failed  bool
+	written blockstore.Bitmap // guarded by wmu
+	wmu     sync.Mutex
+}
+
+func newOutputMirror(t *Task, w io.WriterAt) *outputMirror {
+	meta := t.Info()
+	m := &outputMirror{t: t, w: w, bs: meta.BlockSize, written: blockstore.NewBitmap(meta.NumBlocks())}
+	t.mu.Lock()
+	if t.mirrors == nil {
+		t.mirrors = map[*outputMirror]struct{}{}
+	}
+	t.mirrors[m] = struct{}{}
+	t.mu.Unlock()
+	return m
+}
+
+// write writes block idx (verified bytes) unless the mirror is closed or a
+// write failed before (the verification pass then writes the rest and
+// reports the error).
+func (m *outputMirror) write(idx int, data []byte) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.closed || m.failed {
+		return
+	}
+	if _, err := m.w.WriteAt(data, int64(idx)*m.bs); err != nil {
+		m.t.e.log.Debug("writing output while downloading failed; the verification pass writes the rest", "task", m.t.id, "err", err)
+		m.failed = true // benign race: a flag that only ever goes one way
+		return
+	}
+	m.wmu.Lock()
+	m.written.Set(idx)
+	m.wmu.Unlock()
+}
+
+// close detaches the mirror and waits for writes in progress.
+func (m *outputMirror) close() {
+	m.t.mu.Lock()
+	delete(m.t.mirrors, m)
+	m.t.mu.Unlock()
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+}
+
+func (m *outputMirror) wrote(idx int) bool {
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	return m.written.Has(idx)
+}
+
+// stored hands block idx, just verified and stored, to the outputs of the
+// downloads of this task that are running (see DownloadOptions.OutputAt).
+// data is only read, during the call.
+func (t *Task) stored(idx int, data []byte) {
+	t.mu.Lock()
+	if len(t.mirrors) == 0 {
+		t.mu.Unlock()
+		return
+	}
+	ms := make([]*outputMirror, 0, len(t.mirrors))
+	for m := range t.mirrors {
+		ms = append(ms, m)
+	}
+	t.mu.Unlock()
+	for _, m := range ms {
+		m.write(idx, data)
+	}
 }
 
 // Progress of a download.
@@ -653,6 +780,9 @@ type Result struct {
 	Task     blockstore.Task
 	Stats    TaskStats
 	Duration time.Duration
+	// Verify is the time of the final whole-content pass (verification and
+	// writing the output), after the last block arrived.
+	Verify   time.Duration
 	Fallback int64 // operations that fell back to the origin
 }
 
@@ -687,6 +817,16 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 				return Result{Task: meta, Stats: t.Stats()}, err
 			}
 		}
+		if w := opt.OutputAt; w != nil {
+			err := t.e.store.ForEachBlock(ctx, t.id, func(idx int, blk []byte) error {
+				_, err := w.WriteAt(blk, int64(idx)*meta.BlockSize)
+				return err
+			})
+			if errors.Is(err, blockstore.ErrCorrupt) { // rotted since completion: repair, write again
+				meta, err = t.completeAt(ctx, w, nil)
+			}
+			return Result{Task: meta, Stats: t.Stats()}, err
+		}
 		return Result{Task: meta, Stats: t.Stats()}, nil
 	}
 	missing := t.Missing()
@@ -703,6 +843,10 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 	}
 	report()
 
+	var mirror *outputMirror
+	if opt.OutputAt != nil {
+		mirror = newOutputMirror(t, opt.OutputAt)
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	work := make(chan int)
@@ -724,11 +868,19 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 	t.feed(ctx, missing, work)
 	close(work)
 	wg.Wait()
+	if mirror != nil {
+		mirror.close()
+	}
 	if err := context.Cause(ctx); err != nil {
 		return Result{Task: t.Info(), Stats: t.Stats()}, err
 	}
+	began := time.Now()
+	if opt.OutputAt != nil {
+		meta, err := t.completeAt(ctx, opt.OutputAt, mirror)
+		return Result{Task: meta, Stats: t.Stats(), Verify: time.Since(began)}, err
+	}
 	meta, err := t.complete(ctx, opt.Output)
-	return Result{Task: meta, Stats: t.Stats()}, err
+	return Result{Task: meta, Stats: t.Stats(), Verify: time.Since(began)}, err
 }
 
 // reorderEvery is how many blocks a download dispatches before asking the

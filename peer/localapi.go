@@ -255,6 +255,7 @@ func createOutput(out string) (*outputFile, error) {
 }
 
 func (o *outputFile) abort() {
+	o.w.Close()
 	o.f.Close()
 	os.Remove(o.f.Name())
 }

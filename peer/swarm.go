@@ -519,8 +519,10 @@ func (s *SupernodeSwarm) FetchBlock(ctx context.Context, t *Task, idx int) ([]by
 	if err != nil && !errors.Is(err, context.Canceled) {
 		s.unavailable.Add(1)
 	}
-	if err == nil && s.store.HasBlock(t.ID(), idx) {
-		// getBlock stored it: the buffer goes back to the pool.
+	if err == nil {
+		// getBlock stored it (PutBlock verified these very bytes): they go
+		// to the outputs of running downloads, then back to the pool.
+		t.stored(idx, data)
 		buf := data
 		s.bufs.Put(&buf)
 		data = nil
@@ -1261,6 +1263,9 @@ func (st *swarmTask) fetchFrom(ctx context.Context, meta blockstore.Task, idx in
 			if ctx.Err() != nil {
 				return nil, 0, ctx.Err()
 			}
+			if errors.Is(r.err, errLocalStore) {
+				return nil, 0, r.err
+			}
 			if running == 0 && next < len(ps) {
 				start(ps[next])
 				next, running = next+1, running+1
@@ -1292,6 +1297,10 @@ func fromOf(p *api.Parent) From {
 // errBadDigest marks a block whose bytes did not match the seed's digest.
 var errBadDigest = errors.New("block failed its sha256 check")
 
+// errLocalStore marks a block this host received but could not store (disk
+// full, task deleted): not the parent's fault, and no other parent helps.
+var errLocalStore = errors.New("could not store the block here")
+
 // errBusy marks a parent that refused with 429.
 var errBusy = errors.New("parent busy")
 
@@ -1305,9 +1314,9 @@ func (st *swarmTask) getBlock(ctx context.Context, p *api.Parent, idx int, size 
 	if err == nil {
 		if perr := s.store.PutBlock(ctx, st.id, idx, data); errors.Is(perr, blockstore.ErrDigestMismatch) {
 			err = fmt.Errorf("%w: %v", errBadDigest, perr)
-		} else if perr != nil && ctx.Err() == nil {
-			// Our side failed (disk full, task deleted): not the parent's
-			// fault, and the engine's own PutBlock will report it.
+		} else if perr != nil && ctx.Err() != nil {
+			err = perr // we gave up meanwhile (a steal won, the caller left)
+		} else if perr != nil {
 			storeErr = perr
 		}
 	}
@@ -1339,6 +1348,9 @@ func (st *swarmTask) getBlock(ctx context.Context, p *api.Parent, idx int, size 
 	}
 	st.mu.Unlock()
 	st.report(r, r.BadDigest)
+	if storeErr != nil {
+		return nil, fmt.Errorf("block %d of task %s: %w: %w", idx, st.id, errLocalStore, storeErr)
+	}
 	switch {
 	case err == nil:
 		s.mu.Lock()

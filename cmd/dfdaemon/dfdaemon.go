@@ -53,7 +53,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.cfg.Sock, "sock", peer.DefaultSocketPath(), "local API unix socket")
 	fs.StringVar(&o.cfg.StoreDir, "store", cli.DefaultStoreDir(), "block store directory")
 	fs.StringVar(&o.quota, "quota", "0", "block store quota (e.g. 20G; 0 = none)")
-	fs.BoolVar(&o.cfg.DirectIO, "direct-io", true, "move block bytes around the page cache (O_DIRECT); false: cache them, upload with sendfile")
+	fs.BoolVar(&o.cfg.DirectIO, "direct-io", false, "move block bytes around the page cache (O_DIRECT) instead of caching them and uploading with sendfile")
 	fs.StringVar(&o.cfg.HostID, "host-id", "", "host ID used with the supernode (default: hostname/advertise address)")
 	fs.StringVar(&o.cfg.IDC, "idc", "", "locality label: data center")
 	fs.StringVar(&o.cfg.Rack, "rack", "", "locality label: rack")

@@ -54,7 +54,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Advertise, "advertise", "", "host:port peers use to reach the upload server (default: derived from --upload-listen)")
 	fs.StringVar(&cfg.StoreDir, "store", "", "directory of the seed's block store and token key (required)")
 	fs.Var(&quota, "quota", "cap on the seed's store, e.g. 50G (K, M, G, T are powers of 1024; 0 = none)")
-	fs.BoolVar(&cfg.DirectIO, "direct-io", true, "move block bytes around the page cache (O_DIRECT); false: cache them, upload with sendfile")
+	fs.BoolVar(&cfg.DirectIO, "direct-io", false, "move block bytes around the page cache (O_DIRECT) instead of caching them and uploading with sendfile")
 	fs.Var(&rate, "upload-rate", "upload rate limit of the seed in bytes/s, e.g. 100M (0 = unlimited)")
 	fs.IntVar(&cfg.MaxUploads, "max-uploads", 64, "maximum concurrent uploads from the seed (more get HTTP 429)")
 	fs.IntVar(&cfg.SeedConcurrency, "seed-concurrency", 6, "parallel Range requests to the origin per task")

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -33,9 +34,13 @@ const align = 4096
 // bufSize is the size of the gathering buffer.
 const bufSize = 1 << 20
 
-// File writes f sequentially from offset 0 (a new, empty file).
+// File writes f, a new empty file: either sequentially from offset 0
+// (Write, Flush) or block by block at any offsets (WriteAt, then Flush);
+// the two ways are not to be mixed.
 type File struct {
+	mu     sync.Mutex // guards direct and aux for WriteAt
 	f      *os.File
+	aux    *os.File // f opened again without O_DIRECT, for unaligned WriteAt
 	direct bool
 	buf    []byte // aligned, bufSize long (nil until the first gathered write)
 	n      int    // bytes gathered in buf
@@ -181,12 +186,57 @@ func (d *File) drain() error {
 	return nil
 }
 
+// WriteAt writes p at off: around the page cache when p's address, off
+// and len(p) are aligned (whole blocks of a task are), through it otherwise
+// (the last block of a file, small pieces). It is safe for concurrent use.
+func (d *File) WriteAt(p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	direct := d.direct
+	d.mu.Unlock()
+	if direct && off%align == 0 && len(p)%align == 0 && aligned(p) {
+		m, err := d.f.WriteAt(p, off)
+		if err == nil || m > 0 || !errors.Is(err, unix.EINVAL) {
+			if err != nil {
+				err = fmt.Errorf("write %s: %w", d.f.Name(), err)
+			}
+			return m, err
+		}
+		d.mu.Lock()
+		d.stopDirect()
+		d.mu.Unlock()
+	}
+	d.mu.Lock()
+	if d.aux == nil {
+		aux, err := os.OpenFile(d.f.Name(), os.O_WRONLY, 0)
+		if err != nil {
+			d.mu.Unlock()
+			return 0, fmt.Errorf("write %s: %w", d.f.Name(), err)
+		}
+		d.aux = aux
+	}
+	aux := d.aux
+	d.mu.Unlock()
+	m, err := aux.WriteAt(p, off)
+	if err != nil {
+		err = fmt.Errorf("write %s: %w", d.f.Name(), err)
+	}
+	return m, err
+}
+
 // Flush writes everything gathered. Afterwards the file is an ordinary one
-// (O_DIRECT cleared) positioned at its end, so it can be read back, synced
-// and closed as usual.
+// (O_DIRECT cleared) positioned at the end of what Write wrote, so it can be
+// read back, synced and closed as usual.
 func (d *File) Flush() error {
 	if err := d.drain(); err != nil {
 		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.aux != nil {
+		if err := d.aux.Close(); err != nil {
+			return fmt.Errorf("write %s: %w", d.f.Name(), err)
+		}
+		d.aux = nil
 	}
 	d.stopDirect()
 	if _, err := d.f.Seek(d.off, io.SeekStart); err != nil {
@@ -207,9 +257,24 @@ func (d *File) Seek(off int64, whence int) (int64, error) {
 	}
 	d.off = pos
 	if pos == 0 {
+		d.mu.Lock()
 		d.direct = setDirect(d.f, true) == nil
+		d.mu.Unlock()
 	}
 	return pos, nil
+}
+
+// Close releases what the File opened besides f (f stays open: its owner
+// syncs and closes it).
+func (d *File) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.aux == nil {
+		return nil
+	}
+	err := d.aux.Close()
+	d.aux = nil
+	return err
 }
 
 // Truncate drops what is gathered and truncates the file to n bytes.

@@ -152,3 +152,42 @@ func FuzzWrites(f *testing.F) {
 		}
 	})
 }
+
+// TestWriteAtAnyOrder writes the blocks of a file in random order from
+// several goroutines, as a download mirroring its blocks does: aligned whole
+// blocks, an unaligned last block and an unaligned buffer.
+func TestWriteAtAnyOrder(t *testing.T) {
+	f, d := newFile(t)
+	const bs = 1 << 20
+	data := randBytes(6*bs+777, 5)
+	n := (len(data) + bs - 1) / bs
+	order := rand.New(rand.NewPCG(9, 9)).Perm(n)
+	errs := make(chan error, n)
+	for _, i := range order {
+		go func() {
+			blk := data[i*bs : min((i+1)*bs, len(data))]
+			if i != 2 { // block 2 stays in an unaligned slice
+				blk = alignedCopy(blk)
+			}
+			m, err := d.WriteAt(blk, int64(i*bs))
+			if err == nil && m != len(blk) {
+				err = io.ErrShortWrite
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, f); !bytes.Equal(got, data) {
+		t.Fatalf("file differs: %d bytes, want %d", len(got), len(data))
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
