@@ -633,13 +633,14 @@ func (s *Scheduler) scoreLocked(r, p *host, blockSize int64, norm float64, now t
 	// parents outrank busy local ones and raised cross-idc traffic (netbench
 	// locality, N=10, 64 MB: 3.46 vs 2.98 copies) with no gain in speed.
 	load := p.inFlight + len(p.assigned)
-	sc := score{saturated: load >= s.slots(p), locality: localityOf(r.IDC, r.Rack, p.IDC, p.Rack)}
+	sc := score{saturated: load >= s.slots(p), locality: localityOf(r.IDC, r.Rack, p.IDC, p.Rack), crossIDC: crossesIDC(r.IDC, p)}
 	switch {
 	case p.IsSeed:
 		sc.class = classSeed
 	case p.consecFail >= s.cfg.FailuresToDeprioritise,
 		norm > 0 && p.samples >= s.cfg.MinSamples && p.throughput < norm/s.cfg.SlowFactor:
 		sc.class = classDeprioritised
+		sc.crossIDC = r.IDC != "" // not worth waiting for (rule 0)
 	}
 	capacity := p.Capacity
 	if capacity <= 0 {

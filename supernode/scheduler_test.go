@@ -70,6 +70,29 @@ func TestAssignRanking(t *testing.T) {
 			want:  []string{"rack", "idc", "far", "seed"},
 		},
 		{
+			name:  "peer of unknown idc counts as near, a seed of unknown idc as far",
+			hosts: []HostInfo{{ID: "seed", IsSeed: true}, {ID: "far", IDC: "b"}, {ID: "nolabel"}},
+			want:  []string{"nolabel", "far", "seed"},
+		},
+		{
+			name:  "the seed in my idc before a peer in another idc",
+			hosts: []HostInfo{{ID: "seed", IsSeed: true, IDC: "a"}, {ID: "far", IDC: "b"}},
+			want:  []string{"seed", "far"},
+		},
+		{
+			name:  "a seed in another idc after a peer there",
+			hosts: []HostInfo{{ID: "seed", IsSeed: true, IDC: "b"}, {ID: "far", IDC: "b"}},
+			want:  []string{"far", "seed"},
+		},
+		{
+			name:  "a saturated holder in my idc before an idle one in another",
+			hosts: []HostInfo{{ID: "far", IDC: "b"}, {ID: "full", IDC: "a"}},
+			prepare: func(s *Scheduler) {
+				s.UpsertHost(HostInfo{ID: "full", UploadAddr: "full:1", IDC: "a"}, 6)
+			},
+			want: []string{"full", "far"},
+		},
+		{
 			name:  "only the seed holds it",
 			hosts: []HostInfo{{ID: "seed", IsSeed: true}},
 			want:  []string{"seed"},
@@ -111,12 +134,20 @@ func TestAssignRanking(t *testing.T) {
 			want: []string{"near", "far"},
 		},
 		{
-			name:  "saturated peer falls behind the seed",
-			hosts: []HostInfo{{ID: "seed", IsSeed: true}, {ID: "full", IDC: "a", Rack: "r1"}},
+			name:  "saturated peer falls behind the seed of its idc",
+			hosts: []HostInfo{{ID: "seed", IsSeed: true, IDC: "a"}, {ID: "full", IDC: "a", Rack: "r1"}},
 			prepare: func(s *Scheduler) {
 				s.UpsertHost(HostInfo{ID: "full", UploadAddr: "full:1", IDC: "a", Rack: "r1"}, 6)
 			},
 			want: []string{"seed", "full"},
+		},
+		{
+			name:  "saturated local peer before a seed of unknown idc",
+			hosts: []HostInfo{{ID: "seed", IsSeed: true}, {ID: "full", IDC: "a", Rack: "r1"}},
+			prepare: func(s *Scheduler) {
+				s.UpsertHost(HostInfo{ID: "full", UploadAddr: "full:1", IDC: "a", Rack: "r1"}, 6)
+			},
+			want: []string{"full", "seed"},
 		},
 		{
 			name:  "host without upload address is never a parent",

@@ -7,6 +7,16 @@ package supernode
 // and is not blocked for T. Candidates are ranked by comparing, in order
 // (lexicographically, the first difference decides):
 //
+//  0. across idcs: R has an idc label and P is in another idc (a seed
+//     without a label counts as elsewhere, so it stays the last resort; a
+//     peer without one counts as near). Such a parent comes after every
+//     healthy parent inside R's idc, even a saturated one or the seed:
+//     links between idcs are the scarce resource, and a saturated local
+//     holder frees a slot within a block's transfer time, so the block
+//     waits for it instead of crossing again (if R gets nothing else to do
+//     in a Sync, it gets that parent anyway, see Assign). Each block then
+//     crosses into an idc about once. A deprioritised parent (class 2)
+//     gets no such advantage: a slow local peer is not worth waiting for.
 //  1. saturated: P's uploads in flight plus assignments handed out recently
 //     reach its slots (MaxAssignPerParent for peers, SeedMaxAssign for the
 //     seed); a running transfer counts in both, which keeps busy local
@@ -72,6 +82,7 @@ const (
 // score is the ranking key of one candidate parent; see the package comment
 // above for the meaning of each field.
 type score struct {
+	crossIDC  bool
 	saturated bool
 	class     int
 	locality  int
@@ -81,6 +92,9 @@ type score struct {
 
 // better reports whether a ranks before b.
 func (a score) better(b score) bool {
+	if a.crossIDC != b.crossIDC {
+		return !a.crossIDC
+	}
 	if a.saturated != b.saturated {
 		return !a.saturated
 	}
@@ -94,6 +108,12 @@ func (a score) better(b score) bool {
 		return a.load < b.load
 	}
 	return a.history > b.history
+}
+
+// crossesIDC reports whether a transfer from parent p to a requester in
+// reqIDC crosses into the requester's idc (see rule 0 above).
+func crossesIDC(reqIDC string, p *host) bool {
+	return reqIDC != "" && p.IDC != reqIDC && (p.IDC != "" || p.IsSeed)
 }
 
 // localityOf classifies the network distance between a requester and a

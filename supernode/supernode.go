@@ -40,6 +40,9 @@ type Config struct {
 	// plane and of the seed's upload server (defaults 0.0.0.0:8002, :8001).
 	GRPCListen   string
 	UploadListen string
+	// IDC and Rack are the seed's locality labels (where the supernode runs),
+	// so that peers in its idc prefer it to parents in another idc.
+	IDC, Rack string
 	// Advertise is the host:port peers use to reach the upload server.
 	// Default: the upload listener's address; when it listens on every
 	// interface, the host's first non-loopback IPv4 address (127.0.0.1 if none).
@@ -209,7 +212,7 @@ func advertiseAddr(a *net.TCPAddr) string {
 
 // announceSeed registers (or refreshes) the seed as a host of the swarm.
 func (s *Supernode) announceSeed() {
-	s.sched.UpsertHost(HostInfo{ID: s.cfg.SeedID, UploadAddr: s.cfg.Advertise, IsSeed: true, Capacity: s.cfg.UploadRate}, s.uploadInFlight())
+	s.sched.UpsertHost(HostInfo{ID: s.cfg.SeedID, UploadAddr: s.cfg.Advertise, IsSeed: true, Capacity: s.cfg.UploadRate, IDC: s.cfg.IDC, Rack: s.cfg.Rack}, s.uploadInFlight())
 }
 
 func (s *Supernode) uploadInFlight() int {

@@ -53,6 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.UploadListen, "upload-listen", ":8001", "listen address of the seed's upload server (also serves GET /debug/state)")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "host:port peers use to reach the upload server (default: derived from --upload-listen)")
 	fs.StringVar(&cfg.StoreDir, "store", "", "directory of the seed's block store and token key (required)")
+	fs.StringVar(&cfg.IDC, "idc", "", "locality label of the seed: data center (peers in it prefer the seed to parents in other idcs)")
+	fs.StringVar(&cfg.Rack, "rack", "", "locality label of the seed: rack")
 	fs.Var(&quota, "quota", "cap on the seed's store, e.g. 50G (K, M, G, T are powers of 1024; 0 = none)")
 	fs.BoolVar(&cfg.DirectIO, "direct-io", false, "move block bytes around the page cache (O_DIRECT) instead of caching them and uploading with sendfile")
 	fs.Var(&rate, "upload-rate", "upload rate limit of the seed in bytes/s, e.g. 100M (0 = unlimited)")

@@ -395,6 +395,7 @@ func (b *Bench) Run(ctx context.Context, scenario string, n int) (res Result, er
 			"--listen", fmt.Sprintf("%s:%d", sn.IP, snPort),
 			"--upload-listen", fmt.Sprintf("%s:%d", sn.IP, snUploadPort),
 			"--advertise", fmt.Sprintf("%s:%d", sn.IP, snUploadPort),
+			"--idc", sn.IDC,
 			"--store", filepath.Join(runDir, sn.Name, "store"))
 		if err != nil {
 			return res, err
