@@ -449,18 +449,7 @@ func TestOpenBlock(t *testing.T) {
 		t.Fatalf("open of a missing block: %v", err)
 	}
 	putAll(t, s, task, data)
-	for i := range task.NumBlocks() {
-		f, n, err := s.OpenBlock("o", i)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := io.ReadAll(io.LimitReader(f, n))
-		f.Close()
-		off := int64(i) * task.BlockSize
-		if err != nil || !bytes.Equal(got, data[off:off+task.BlockLen(i)]) {
-			t.Fatalf("block %d through OpenBlock differs (%v)", i, err)
-		}
-	}
+	checkOpenBlocks(t, s, task, data)
 	s.Close()
 	// Damage block 2 on disk; after a restart nothing is verified yet.
 	path := filepath.Join(dir, "data", "o.blocks")
@@ -659,20 +648,8 @@ func TestDirectIO(t *testing.T) {
 	if _, err := s.VerifyAndComplete(ctx, "d", &out); err != nil || !bytes.Equal(out.Bytes(), data) {
 		t.Fatalf("verify: %v (equal %v)", err, bytes.Equal(out.Bytes(), data))
 	}
-	for round := range 2 { // the second round reuses pooled buffers
-		for i := range task.NumBlocks() {
-			rc, n, err := s.OpenBlock("d", i)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, _ := io.ReadAll(io.LimitReader(rc, n))
-			rc.Close()
-			off := int64(i) * bs
-			if !bytes.Equal(got, data[off:off+task.BlockLen(i)]) {
-				t.Fatalf("round %d: block %d through OpenBlock differs", round, i)
-			}
-		}
-	}
+	checkOpenBlocks(t, s, task, data)
+	checkOpenBlocks(t, s, task, data) // again: reuses pooled buffers
 	s.Close()
 
 	path := filepath.Join(dir, "data", "d.blocks")
@@ -746,5 +723,23 @@ func TestStreamingStopsOnWriterError(t *testing.T) {
 	var out bytes.Buffer
 	if _, err := s.VerifyAndComplete(ctx, "w", &out); err != nil || !bytes.Equal(out.Bytes(), data) {
 		t.Fatalf("verify afterwards: %v", err)
+	}
+}
+
+// checkOpenBlocks reads every block of task through OpenBlock and compares
+// it with data.
+func checkOpenBlocks(t *testing.T, s *Store, task Task, data []byte) {
+	t.Helper()
+	for i := range task.NumBlocks() {
+		rc, n, err := s.OpenBlock(task.ID, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(io.LimitReader(rc, n))
+		rc.Close()
+		off := int64(i) * task.BlockSize
+		if err != nil || !bytes.Equal(got, data[off:off+task.BlockLen(i)]) {
+			t.Fatalf("block %d through OpenBlock differs (%v)", i, err)
+		}
 	}
 }
