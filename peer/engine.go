@@ -698,7 +698,7 @@ type outputMirror struct {
 
 	mu      sync.RWMutex // writes hold it shared; close exclusively
 	closed  bool
-	failed  bool
+	failed  atomic.Bool       // a write failed: leave the rest to the verification pass
 	written blockstore.Bitmap // guarded by wmu
 	wmu     sync.Mutex
 }
@@ -721,12 +721,12 @@ func newOutputMirror(t *Task, w io.WriterAt) *outputMirror {
 func (m *outputMirror) write(idx int, data []byte) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	if m.closed || m.failed {
+	if m.closed || m.failed.Load() {
 		return
 	}
 	if _, err := m.w.WriteAt(data, int64(idx)*m.bs); err != nil {
 		m.t.e.log.Debug("writing output while downloading failed; the verification pass writes the rest", "task", m.t.id, "err", err)
-		m.failed = true // benign race: a flag that only ever goes one way
+		m.failed.Store(true)
 		return
 	}
 	m.wmu.Lock()
