@@ -513,3 +513,40 @@ func TestDownloadOutputAtRepairsCorruptBlock(t *testing.T) {
 		t.Fatalf("the damaged block was not noticed: %+v", s.Stats())
 	}
 }
+
+// flakyWriterAt fails its first `fail` writes, then records like recordingWriterAt.
+type flakyWriterAt struct {
+	recordingWriterAt
+	fail int
+}
+
+func (f *flakyWriterAt) WriteAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	if f.fail > 0 {
+		f.fail--
+		f.mu.Unlock()
+		return 0, errors.New("output disk hiccup")
+	}
+	f.mu.Unlock()
+	return f.recordingWriterAt.WriteAt(p, off)
+}
+
+// TestDownloadOutputAtWriteFailure: a failed write while downloading leaves
+// the rest to the verification pass (the output still ends up exact); an
+// output that keeps failing fails the download with its error.
+func TestDownloadOutputAtWriteFailure(t *testing.T) {
+	e := newEnv(t, 4<<20+5)
+	eng := e.engine(t, Config{Concurrency: 2})
+	req := Request{URL: e.url, Digest: e.c.Digest("sha256")}
+	out := &flakyWriterAt{fail: 1}
+	if _, err := eng.Download(ctx, req, DownloadOptions{OutputAt: out}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.buf, e.bytes(0, e.c.Size)) {
+		t.Fatal("output differs after a failed write")
+	}
+	broken := &flakyWriterAt{fail: 1 << 30}
+	if _, err := eng.Download(ctx, req, DownloadOptions{OutputAt: broken}); err == nil || !strings.Contains(err.Error(), "output disk hiccup") {
+		t.Fatalf("download into a broken output: %v", err)
+	}
+}
