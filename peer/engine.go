@@ -780,10 +780,12 @@ type Result struct {
 	Task     blockstore.Task
 	Stats    TaskStats
 	Duration time.Duration
-	// Verify is the time of the final whole-content pass (verification and
+	// Open is the time to resolve the task (swarm registration or origin
+	// stat); FirstBlock the time from the start to the first block stored;
+	// Verify the time of the final whole-content pass (verification and
 	// writing the output), after the last block arrived.
-	Verify   time.Duration
-	Fallback int64 // operations that fell back to the origin
+	Open, FirstBlock, Verify time.Duration
+	Fallback                 int64 // operations that fell back to the origin
 }
 
 // Download fetches every missing block of the task and verifies the whole content.
@@ -794,8 +796,12 @@ func (e *Engine) Download(ctx context.Context, req Request, opt DownloadOptions)
 	if err != nil {
 		return Result{}, err
 	}
+	opened := time.Since(start)
 	res, err := t.download(ctx, opt)
-	res.Duration = time.Since(start)
+	res.Duration, res.Open = time.Since(start), opened
+	if res.FirstBlock > 0 {
+		res.FirstBlock += opened
+	}
 	res.Fallback = e.fallbacks.Load() - fb
 	if sw := e.cfg.Swarm; sw != nil {
 		sw.Done(t, err)
@@ -847,6 +853,9 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 	if opt.OutputAt != nil {
 		mirror = newOutputMirror(t, opt.OutputAt)
 	}
+	began := time.Now()
+	var first sync.Once
+	var firstBlock time.Duration
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	work := make(chan int)
@@ -860,6 +869,7 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 					cancel(err)
 					return
 				}
+				first.Do(func() { firstBlock = time.Since(began) })
 				done.Add(meta.BlockLen(idx))
 				report()
 			}
@@ -874,13 +884,13 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 	if err := context.Cause(ctx); err != nil {
 		return Result{Task: t.Info(), Stats: t.Stats()}, err
 	}
-	began := time.Now()
+	verifying := time.Now()
 	if opt.OutputAt != nil {
 		meta, err := t.completeAt(ctx, opt.OutputAt, mirror)
-		return Result{Task: meta, Stats: t.Stats(), Verify: time.Since(began)}, err
+		return Result{Task: meta, Stats: t.Stats(), FirstBlock: firstBlock, Verify: time.Since(verifying)}, err
 	}
 	meta, err := t.complete(ctx, opt.Output)
-	return Result{Task: meta, Stats: t.Stats(), Verify: time.Since(began)}, err
+	return Result{Task: meta, Stats: t.Stats(), FirstBlock: firstBlock, Verify: time.Since(verifying)}, err
 }
 
 // reorderEvery is how many blocks a download dispatches before asking the
