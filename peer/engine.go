@@ -641,7 +641,9 @@ func (t *Task) completeFunc(ctx context.Context, emit func(int, []byte) error, r
 				return meta, err // every block is intact: the content itself is not what was declared
 			}
 			t.e.log.Warn("dropped corrupt stored blocks; fetching them again", "task", t.id, "blocks", n)
-		case errors.Is(err, blockstore.ErrIncomplete):
+		case errors.Is(err, blockstore.ErrIncomplete), errors.Is(err, blockstore.ErrNotFound):
+			// A block went missing (or was dropped during the pass): fetch
+			// what is missing and verify again.
 		default:
 			return meta, err
 		}

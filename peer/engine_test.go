@@ -550,3 +550,48 @@ func TestDownloadOutputAtWriteFailure(t *testing.T) {
 		t.Fatalf("download into a broken output: %v", err)
 	}
 }
+
+// droppingFile drops a block from the store on its first write, as a
+// concurrent reader that found the block corrupt would.
+type droppingFile struct {
+	*os.File
+	drop func()
+}
+
+func (d *droppingFile) Write(p []byte) (int, error) {
+	if d.drop != nil {
+		d.drop()
+		d.drop = nil
+	}
+	return d.File.Write(p)
+}
+
+// TestBlockDroppedDuringVerification: a block that disappears while the
+// final pass runs is fetched again and the pass repeated; the output is exact.
+func TestBlockDroppedDuringVerification(t *testing.T) {
+	e := newEnv(t, 6<<20+17)
+	eng := e.engine(t, Config{Concurrency: 2})
+	req := Request{URL: e.url, Digest: e.c.Digest("sha256")}
+	task, err := eng.Open(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := task.Info().NumBlocks() - 1
+	f, err := os.Create(t.TempDir() + "/out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := &droppingFile{File: f, drop: func() {
+		if err := e.store.DropBlock(task.ID(), last); err != nil {
+			t.Error(err)
+		}
+	}}
+	if _, err := eng.Download(ctx, req, DownloadOptions{Output: out}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(f.Name())
+	if !bytes.Equal(got, e.bytes(0, e.c.Size)) {
+		t.Fatalf("output differs after a block was dropped during verification (%d bytes)", len(got))
+	}
+}
