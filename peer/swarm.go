@@ -114,6 +114,7 @@ type SwarmStats struct {
 	BytesFromPeers   int64            `json:"bytes_from_peers"`
 	BadBlocks        int64            `json:"bad_blocks"`
 	ParentErrors     int64            `json:"parent_errors"`
+	ParentBusy       int64            `json:"parent_busy"` // of ParentErrors: answers 429 (upload cap reached)
 	Steals           int64            `json:"steals"`
 	Unavailable      int64            `json:"unavailable"`
 	BytesByParent    map[string]int64 `json:"bytes_by_parent"`
@@ -158,7 +159,8 @@ type SupernodeSwarm struct {
 	bufs sync.Pool
 
 	syncs, blocksSeed, blocksPeers, bytesSeed, bytesPeers atomic.Int64
-	bad, parentErrs, steals, unavailable, hbFailed        atomic.Int64
+	bad, parentErrs, parentBusy, steals, unavailable      atomic.Int64
+	hbFailed                                              atomic.Int64
 	waitNanos, xferNanos, emptyRounds, seedPending        atomic.Int64
 }
 
@@ -266,7 +268,7 @@ func (s *SupernodeSwarm) Stats() SwarmStats {
 		Supernode: s.cfg.Supernode, SupernodeUp: !s.isDown(), Syncs: s.syncs.Load(),
 		BlocksFromSeed: s.blocksSeed.Load(), BlocksFromPeers: s.blocksPeers.Load(),
 		BytesFromSeed: s.bytesSeed.Load(), BytesFromPeers: s.bytesPeers.Load(),
-		BadBlocks: s.bad.Load(), ParentErrors: s.parentErrs.Load(), Steals: s.steals.Load(),
+		BadBlocks: s.bad.Load(), ParentErrors: s.parentErrs.Load(), ParentBusy: s.parentBusy.Load(), Steals: s.steals.Load(),
 		Unavailable: s.unavailable.Load(), BytesByParent: by, ActiveTasks: n, HeartbeatsFailed: s.hbFailed.Load(),
 		WaitSeconds: time.Duration(s.waitNanos.Load()).Seconds(), TransferSeconds: time.Duration(s.xferNanos.Load()).Seconds(),
 		EmptyRounds: s.emptyRounds.Load(), SeedPendingRounds: s.seedPending.Load(),
@@ -1368,6 +1370,9 @@ func (st *swarmTask) getBlock(ctx context.Context, p *api.Parent, idx int, size 
 		s.log.Warn("parent served a corrupt block; excluding it for this task", "task", st.id, "block", idx, "parent", p.GetHostId())
 	default:
 		s.parentErrs.Add(1)
+		if errors.Is(err, errBusy) {
+			s.parentBusy.Add(1)
+		}
 		s.log.Debug("block fetch failed", "task", st.id, "block", idx, "parent", p.GetHostId(), "err", err)
 	}
 	return data, err
