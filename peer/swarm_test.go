@@ -488,3 +488,64 @@ func BenchmarkSwarmDownload(b *testing.B) {
 		}
 	}
 }
+
+// TestSwarmAsksNextParentWhenParentIsSilent: a parent whose address accepts
+// connections but never answers (a host whose packets are lost) is ranked
+// first for every block; after connectRace without an answer the next
+// parent (the seed) is asked as well, so the download finishes long before
+// the 15s stall timeout would free the slot.
+func TestSwarmAsksNextParentWhenParentIsSilent(t *testing.T) {
+	const size = 24 << 20 // more blocks than the end game, which duplicates slow requests anyway
+	fx := newSeedFixture(t, size)
+	ctx := context.Background()
+	hole, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() { // accept and say nothing
+		for {
+			c, err := hole.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	meta, err := fx.seed.Task(fx.taskID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := blockstore.NewBitmap(meta.NumBlocks())
+	for i := range meta.NumBlocks() {
+		all.Set(i)
+	}
+	if _, err := fx.sched.Announce(ctx, &api.AnnounceRequest{Host: &api.Host{Id: "silent", UploadAddr: hole.Addr().String()},
+		Held: []*api.HeldTask{{TaskId: fx.taskID, Bitmap: all}}}); err != nil {
+		t.Fatal(err)
+	}
+	b := newTestPeer(t, fx, "B", fx.addr, false)
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second) // below the 15s stall timeout
+	defer cancel()
+	res, err := b.engine.Download(dctx, Request{URL: fx.url}, DownloadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := storeSHA256(t, b.store, fx.taskID), fx.content.Digest("sha256"); got != want {
+		t.Fatalf("content %s, want %s", got, want)
+	}
+	if s := b.swarm.Stats(); s.ConnectRaces < 1 || res.Stats.BytesSeed == 0 {
+		t.Fatalf("connect races %d, bytes %+v: want the silent parent's requests sent to the seed too", s.ConnectRaces, res.Stats)
+	}
+}
