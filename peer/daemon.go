@@ -292,7 +292,7 @@ func (d *Daemon) Download(ctx context.Context, dr DownloadRequest, cred *syscall
 	if d.swarm != nil { // where the host's swarm time went (cumulative over its downloads)
 		ss := d.swarm.Stats()
 		attrs = append(attrs, "syncs", ss.Syncs, "empty_rounds", ss.EmptyRounds, "seed_pending_rounds", ss.SeedPendingRounds, "wait_s", fmt.Sprintf("%.1f", ss.WaitSeconds),
-			"transfer_s", fmt.Sprintf("%.1f", ss.TransferSeconds), "steals", ss.Steals, "parent_errors", ss.ParentErrors, "parent_busy", ss.ParentBusy, "connect_races", ss.ConnectRaces)
+			"transfer_s", fmt.Sprintf("%.1f", ss.TransferSeconds), "steals", ss.Steals, "parent_errors", ss.ParentErrors, "parent_busy", ss.ParentBusy)
 	}
 	d.log.Info("download complete", attrs...)
 	return out, nil

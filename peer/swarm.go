@@ -114,8 +114,7 @@ type SwarmStats struct {
 	BytesFromPeers   int64            `json:"bytes_from_peers"`
 	BadBlocks        int64            `json:"bad_blocks"`
 	ParentErrors     int64            `json:"parent_errors"`
-	ParentBusy       int64            `json:"parent_busy"`   // of ParentErrors: answers 429 (upload cap reached)
-	ConnectRaces     int64            `json:"connect_races"` // requests also sent to the next parent because the first did not answer within a second
+	ParentBusy       int64            `json:"parent_busy"` // of ParentErrors: answers 429 (upload cap reached)
 	Steals           int64            `json:"steals"`
 	Unavailable      int64            `json:"unavailable"`
 	BytesByParent    map[string]int64 `json:"bytes_by_parent"`
@@ -161,7 +160,6 @@ type SupernodeSwarm struct {
 
 	syncs, blocksSeed, blocksPeers, bytesSeed, bytesPeers atomic.Int64
 	bad, parentErrs, parentBusy, steals, unavailable      atomic.Int64
-	connectRaces                                          atomic.Int64
 	hbFailed                                              atomic.Int64
 	waitNanos, xferNanos, emptyRounds, seedPending        atomic.Int64
 }
@@ -270,7 +268,7 @@ func (s *SupernodeSwarm) Stats() SwarmStats {
 		Supernode: s.cfg.Supernode, SupernodeUp: !s.isDown(), Syncs: s.syncs.Load(),
 		BlocksFromSeed: s.blocksSeed.Load(), BlocksFromPeers: s.blocksPeers.Load(),
 		BytesFromSeed: s.bytesSeed.Load(), BytesFromPeers: s.bytesPeers.Load(),
-		BadBlocks: s.bad.Load(), ParentErrors: s.parentErrs.Load(), ParentBusy: s.parentBusy.Load(), ConnectRaces: s.connectRaces.Load(), Steals: s.steals.Load(),
+		BadBlocks: s.bad.Load(), ParentErrors: s.parentErrs.Load(), ParentBusy: s.parentBusy.Load(), Steals: s.steals.Load(),
 		Unavailable: s.unavailable.Load(), BytesByParent: by, ActiveTasks: n, HeartbeatsFailed: s.hbFailed.Load(),
 		WaitSeconds: time.Duration(s.waitNanos.Load()).Seconds(), TransferSeconds: time.Duration(s.xferNanos.Load()).Seconds(),
 		EmptyRounds: s.emptyRounds.Load(), SeedPendingRounds: s.seedPending.Load(),
@@ -1241,13 +1239,11 @@ func (st *swarmTask) fetchFrom(ctx context.Context, meta blockstore.Task, idx in
 	results := make(chan res, len(ps))
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }() // losers of a steal are cancelled, then awaited
-	var answered atomic.Bool               // the latest attempt's parent answered (response headers)
 	start := func(p *api.Parent) {
-		answered.Store(false)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			data, err := st.getBlock(withAnswered(fctx, &answered), p, idx, size, pace)
+			data, err := st.getBlock(fctx, p, idx, size, pace)
 			results <- res{data, p, err}
 		}()
 	}
@@ -1287,14 +1283,6 @@ func (st *swarmTask) fetchFrom(ctx context.Context, meta blockstore.Task, idx in
 				st.s.log.Debug("end game: duplicating slow block request", "task", st.id, "block", idx, "to", ps[next].GetHostId())
 				start(ps[next])
 				next, running = next+1, running+1
-			} else if running == 1 && next < len(ps) && !answered.Load() && time.Since(began) >= connectRace {
-				// The parent has not even answered (a connection that cannot be
-				// set up: SYNs or ARP lost on a full link): ask the next one too.
-				st.s.connectRaces.Add(1)
-				st.s.log.Debug("parent silent; asking the next one as well", "task", st.id, "block", idx, "to", ps[next].GetHostId())
-				start(ps[next])
-				next, running = next+1, running+1
-				began = time.Now()
 			}
 		}
 	}
@@ -1314,17 +1302,6 @@ var errBadDigest = errors.New("block failed its sha256 check")
 // errLocalStore marks a block this host received but could not store (disk
 // full, task deleted): not the parent's fault, and no other parent helps.
 var errLocalStore = errors.New("could not store the block here")
-
-// connectRace is how long a block request may go without any answer from
-// its parent before the next parent is asked too (fetchFrom).
-const connectRace = time.Second
-
-type answeredKey struct{}
-
-// withAnswered lets download report, through a, that the parent answered.
-func withAnswered(ctx context.Context, a *atomic.Bool) context.Context {
-	return context.WithValue(ctx, answeredKey{}, a)
-}
 
 // errBusy marks a parent that refused with 429.
 var errBusy = errors.New("parent busy")
@@ -1419,9 +1396,6 @@ func (st *swarmTask) download(ctx context.Context, p *api.Parent, idx int, size 
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if a, ok := ctx.Value(answeredKey{}).(*atomic.Bool); ok {
-		a.Store(true)
-	}
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusTooManyRequests:
