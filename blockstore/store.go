@@ -40,9 +40,10 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/dfly-p2p/dfly/internal/directio"
 )
 
 // Options configure a Store.
@@ -268,22 +269,6 @@ func (s *Store) directRefused(err error) {
 	if !s.noDirect.Swap(true) {
 		s.log.Warn("the store's filesystem refuses direct I/O; using the page cache", "dir", s.dir, "err", err)
 	}
-}
-
-// dioAlign is the offset, length and memory alignment of direct I/O.
-const dioAlign = 4096
-
-func dioAligned(p []byte, off int64) bool {
-	return len(p) > 0 && off%dioAlign == 0 && uintptr(unsafe.Pointer(&p[0]))%dioAlign == 0
-}
-
-// alignedBuf returns a buffer of n bytes whose first byte is dioAlign-aligned
-// and whose capacity is n rounded up to dioAlign.
-func alignedBuf(n int64) []byte {
-	c := (n + dioAlign - 1) &^ (dioAlign - 1)
-	raw := make([]byte, c+dioAlign)
-	skip := (dioAlign - int64(uintptr(unsafe.Pointer(&raw[0]))%dioAlign)) % dioAlign
-	return raw[skip : skip+n : skip+c]
 }
 
 func (s *Store) closeFiles() {
@@ -752,7 +737,7 @@ func (s *Store) PutBlock(ctx context.Context, id string, idx int, data []byte) e
 	st.mu.Lock()
 	f, err := s.checkPutLocked(st, idx, data, sum[:])
 	var direct *os.File
-	if f != nil && len(data)%dioAlign == 0 && dioAligned(data, off) {
+	if f != nil && directio.CanDirect(data, off) {
 		direct = s.directLocked(st)
 	}
 	st.mu.Unlock()
@@ -924,7 +909,10 @@ func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, 
 	n := st.task.BlockLen(idx)
 	off := int64(idx) * st.task.BlockSize
 	f, err := s.fileLocked(st)
-	direct := s.directLocked(st)
+	var direct *os.File
+	if off%directio.Align == 0 { // (blocks smaller than a page are read through the cache)
+		direct = s.directLocked(st)
+	}
 	st.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -987,9 +975,9 @@ func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, 
 // end early at the end of the file. A refused direct read is retried
 // through the page cache (f).
 func (s *Store) readDirect(direct, f *os.File, buf []byte, n, off int64) ([]byte, int, error) {
-	c := (n + dioAlign - 1) &^ (dioAlign - 1)
-	if int64(cap(buf)) < c || !dioAligned(buf[:1], off) {
-		buf = alignedBuf(n)
+	c := (n + directio.Align - 1) &^ (directio.Align - 1)
+	if int64(cap(buf)) < c || !directio.AlignedAddr(buf[:1]) {
+		buf = directio.Buffer(n)
 	}
 	m, err := direct.ReadAt(buf[:c], off)
 	if errors.Is(err, syscall.EINVAL) && m == 0 {

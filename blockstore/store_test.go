@@ -16,6 +16,8 @@ import (
 	"testing"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/dfly-p2p/dfly/internal/directio"
 )
 
 var ctx = context.Background()
@@ -635,7 +637,7 @@ func TestDirectIO(t *testing.T) {
 	}
 	for i := range task.NumBlocks() {
 		off := int64(i) * bs
-		blk := alignedBuf(task.BlockLen(i)) // as a network buffer would be: aligned
+		blk := directio.Buffer(task.BlockLen(i)) // as a network buffer would be: aligned
 		copy(blk, data[off:])
 		if err := s.PutBlock(ctx, "d", i, blk); err != nil {
 			t.Fatal(err)
@@ -682,6 +684,23 @@ func TestDirectIO(t *testing.T) {
 	out.Reset()
 	if _, err := s.VerifyAndComplete(ctx, "s", &out); err != nil || !bytes.Equal(out.Bytes(), sdata) {
 		t.Fatalf("small blocks: %v", err)
+	}
+
+	// Blocks smaller than a page (offsets not page-aligned) go through the
+	// page cache and must not switch direct I/O off for the whole store.
+	directBefore := !s.noDirect.Load()
+	tiny, tdata := content("tiny", 5*256+3)
+	tiny.BlockSize = 256
+	if _, err := s.CreateTask(ctx, tiny); err != nil {
+		t.Fatal(err)
+	}
+	putAll(t, s, tiny, tdata)
+	out.Reset()
+	if _, err := s.VerifyAndComplete(ctx, "tiny", &out); err != nil || !bytes.Equal(out.Bytes(), tdata) {
+		t.Fatalf("256-byte blocks: %v", err)
+	}
+	if directBefore && s.noDirect.Load() {
+		t.Fatal("reading 256-byte blocks switched direct I/O off for the store")
 	}
 }
 

@@ -27,9 +27,32 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// align is the offset, length and memory alignment of direct writes: the
+// Align is the offset, length and memory alignment of direct I/O: the
 // largest logical block size of common devices.
-const align = 4096
+const Align = 4096
+
+// align is Align inside the package.
+const align = Align
+
+// AlignedAddr reports whether p's first byte is Align-aligned in memory.
+func AlignedAddr(p []byte) bool {
+	return len(p) > 0 && uintptr(unsafe.Pointer(&p[0]))%align == 0
+}
+
+// CanDirect reports whether p can be written (or read into) at off with
+// O_DIRECT as it is: aligned in memory, in offset and in length.
+func CanDirect(p []byte, off int64) bool {
+	return AlignedAddr(p) && off%align == 0 && len(p)%align == 0
+}
+
+// Buffer returns n bytes whose first byte is Align-aligned and whose
+// capacity is n rounded up to Align (room for a whole-page direct read).
+func Buffer(n int64) []byte {
+	c := (n + align - 1) &^ (align - 1)
+	raw := make([]byte, c+align)
+	skip := (align - int64(uintptr(unsafe.Pointer(&raw[0]))%align)) % align
+	return raw[skip : skip+n : skip+c]
+}
 
 // bufSize is the size of the gathering buffer.
 const bufSize = 1 << 20
@@ -85,10 +108,6 @@ func setDirect(f *os.File, on bool) error {
 	return serr
 }
 
-func aligned(p []byte) bool {
-	return len(p) > 0 && uintptr(unsafe.Pointer(&p[0]))%align == 0
-}
-
 // Write gathers p and writes every full aligned piece.
 func (d *File) Write(p []byte) (int, error) {
 	total := len(p)
@@ -104,7 +123,7 @@ func (d *File) Write(p []byte) (int, error) {
 			}
 			return total, nil
 		}
-		if d.n == 0 && len(p) >= align && aligned(p) {
+		if d.n == 0 && len(p) >= align && AlignedAddr(p) {
 			k := len(p) &^ (align - 1)
 			if err := d.writeOut(p[:k]); err != nil {
 				return total - len(p), err
@@ -113,9 +132,7 @@ func (d *File) Write(p []byte) (int, error) {
 			continue
 		}
 		if d.buf == nil {
-			raw := make([]byte, bufSize+align)
-			skip := (align - int(uintptr(unsafe.Pointer(&raw[0]))%align)) % align
-			d.buf = raw[skip : skip+bufSize]
+			d.buf = Buffer(bufSize)
 		}
 		c := copy(d.buf[d.n:], p)
 		d.n += c
@@ -193,7 +210,7 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 	d.mu.Lock()
 	direct := d.direct
 	d.mu.Unlock()
-	if direct && off%align == 0 && len(p)%align == 0 && aligned(p) {
+	if direct && CanDirect(p, off) {
 		m, err := d.f.WriteAt(p, off)
 		if err == nil || m > 0 || !errors.Is(err, unix.EINVAL) {
 			if err != nil {

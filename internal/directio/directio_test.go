@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"unsafe"
 )
 
 func randBytes(n int, seed uint64) []byte {
@@ -40,9 +39,7 @@ func readAll(t *testing.T, f *os.File) []byte {
 
 // alignedCopy returns a copy of b whose first byte is 4096-aligned.
 func alignedCopy(b []byte) []byte {
-	raw := make([]byte, len(b)+align)
-	skip := (align - int(uintptr(unsafe.Pointer(&raw[0]))%align)) % align
-	out := raw[skip : skip+len(b)]
+	out := Buffer(int64(len(b)))
 	copy(out, b)
 	return out
 }
