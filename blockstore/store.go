@@ -26,7 +26,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -1163,6 +1162,11 @@ func (s *Store) ForEachBlock(ctx context.Context, id string, fn func(idx int, bl
 // reading the store overlaps with what fn does (hashing, writing an
 // output); a block's buffer is reused only after fn returned.
 func (s *Store) streamBlocks(ctx context.Context, id string, verify bool, fn func(idx int, blk []byte) error) error {
+	return s.streamBlocksFrom(ctx, id, 0, verify, fn)
+}
+
+// streamBlocksFrom is streamBlocks starting at block from.
+func (s *Store) streamBlocksFrom(ctx context.Context, id string, from int, verify bool, fn func(idx int, blk []byte) error) error {
 	t, err := s.Task(id)
 	if err != nil {
 		return err
@@ -1180,7 +1184,7 @@ func (s *Store) streamBlocks(ctx context.Context, id string, verify bool, fn fun
 	go func() {
 		defer wg.Done()
 		defer close(blocks)
-		for idx := range t.NumBlocks() {
+		for idx := from; idx < t.NumBlocks(); idx++ {
 			var buf []byte
 			select {
 			case buf = <-free:
@@ -1270,49 +1274,11 @@ func (s *Store) VerifyAndComplete(ctx context.Context, id string, w io.Writer) (
 // to emit (if not nil) instead of a writer; emit runs while the block is
 // hashed and must only read blk, which is valid during the call.
 func (s *Store) VerifyAndCompleteFunc(ctx context.Context, id string, emit func(idx int, blk []byte) error) (Task, error) {
-	t, err := s.Task(id)
+	c, err := s.NewContentHash(id)
 	if err != nil {
 		return Task{}, err
 	}
-	if missing, _ := s.Missing(id); len(missing) > 0 {
-		return t, fmt.Errorf("verify task %s: %d of %d blocks missing: %w", id, len(missing), t.NumBlocks(), ErrIncomplete)
-	}
-	algo, want := "sha256", ""
-	if t.Digest != "" {
-		algo, want, _ = ParseDigest(t.Digest)
-	}
-	h, err := NewHash(algo)
-	if err != nil {
-		return t, err
-	}
-	// Hash and write each block at the same time (they only read it),
-	// while the next blocks are read.
-	werr := make(chan error, 1)
-	err = s.streamBlocks(ctx, id, want == "", func(idx int, blk []byte) error {
-		if emit == nil {
-			h.Write(blk)
-			return nil
-		}
-		go func() { werr <- emit(idx, blk) }()
-		h.Write(blk)
-		return <-werr
-	})
-	if err != nil {
-		return t, fmt.Errorf("verify task %s: %w", id, err)
-	}
-	got := hex.EncodeToString(h.Sum(nil))
-	if want != "" && got != want {
-		return t, fmt.Errorf("task %s: content %s is %s:%s, want %s: %w", id, t.Source, algo, got, t.Digest, ErrDigestMismatch)
-	}
-	return s.UpdateTask(id, func(t *Task) error {
-		if t.Digest == "" {
-			t.Digest = algo + ":" + got
-		} else {
-			t.Verified = true
-		}
-		t.State = StateComplete
-		return nil
-	})
+	return s.CompleteHash(ctx, c, emit)
 }
 
 // Stats returns the store's counters.

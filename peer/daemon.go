@@ -288,7 +288,7 @@ func (d *Daemon) Download(ctx context.Context, dr DownloadRequest, cred *syscall
 	attrs := []any{"task", out.TaskID, "bytes", out.Length, "origin", out.BytesOrigin,
 		"seed", out.BytesSeed, "peers", out.BytesPeers, "fallbacks", out.Fallbacks, "ms", out.DurationMS,
 		"open_ms", res.Open.Milliseconds(), "first_block_ms", res.FirstBlock.Milliseconds(),
-		"verify_ms", res.Verify.Milliseconds(), "commit_ms", commit.Milliseconds()}
+		"verify_ms", res.Verify.Milliseconds(), "hashed_early", res.HashedEarly, "commit_ms", commit.Milliseconds()}
 	if d.swarm != nil { // where the host's swarm time went (cumulative over its downloads)
 		ss := d.swarm.Stats()
 		attrs = append(attrs, "syncs", ss.Syncs, "empty_rounds", ss.EmptyRounds, "seed_pending_rounds", ss.SeedPendingRounds, "wait_s", fmt.Sprintf("%.1f", ss.WaitSeconds),

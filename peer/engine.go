@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -588,46 +589,75 @@ func (t *Task) Complete(ctx context.Context) (blockstore.Task, error) {
 // w must accept a restart: after a failed pass it is rewound via Seek, or,
 // when it cannot be, the error is returned.
 func (t *Task) complete(ctx context.Context, w io.Writer) (blockstore.Task, error) {
-	var emit func(int, []byte) error
-	var reset func() error
-	if w != nil {
-		emit = func(_ int, blk []byte) error {
-			_, err := w.Write(blk)
-			return err
-		}
-		reset = func() error { return rewind(w) }
-	}
-	return t.completeFunc(ctx, emit, reset)
+	emit, reset := writerOutput(w)
+	return t.completeFunc(ctx, nil, emit, reset)
 }
 
-// completeAt is Complete writing each block at its offset in w, except the
-// blocks m (if not nil) already wrote there.
-func (t *Task) completeAt(ctx context.Context, w io.WriterAt, m *outputMirror) (blockstore.Task, error) {
+// completeAt is Complete writing each block at its offset in w.
+func (t *Task) completeAt(ctx context.Context, w io.WriterAt) (blockstore.Task, error) {
+	emit, reset := t.writerAtOutput(w, nil)
+	return t.completeFunc(ctx, nil, emit, reset)
+}
+
+// writerOutput returns the emit and reset of the verification passes (see
+// completeFunc) that write the content to w in order; a repair pass
+// rewinds w first.
+func writerOutput(w io.Writer) (emit func(int, []byte) error, reset func() error) {
+	if w == nil {
+		return nil, nil
+	}
+	emit = func(_ int, blk []byte) error {
+		_, err := w.Write(blk)
+		return err
+	}
+	return emit, func() error { return rewind(w) }
+}
+
+// writerAtOutput returns the emit and reset of the verification passes (see
+// completeFunc) that write each block at its offset in w, except the blocks
+// m (if not nil) already wrote there. After a repair every block is written
+// again.
+func (t *Task) writerAtOutput(w io.WriterAt, m *outputMirror) (emit func(int, []byte) error, reset func() error) {
 	bs := t.Info().BlockSize
-	emit := func(idx int, blk []byte) error {
-		if m != nil && m.wrote(idx) {
+	var mu sync.Mutex
+	emit = func(idx int, blk []byte) error {
+		mu.Lock()
+		skip := m != nil && m.wrote(idx)
+		mu.Unlock()
+		if skip {
 			return nil
 		}
 		_, err := w.WriteAt(blk, int64(idx)*bs)
 		return err
 	}
-	reset := func() error {
-		m = nil // after a repair every block is written again
+	reset = func() error {
+		mu.Lock()
+		m = nil
+		mu.Unlock()
 		return nil
 	}
-	return t.completeFunc(ctx, emit, reset)
+	return emit, reset
 }
 
 // completeFunc runs the verification passes, emitting every block of a
 // pass that verifies (reset is called before a pass that follows a repair).
-func (t *Task) completeFunc(ctx context.Context, emit func(int, []byte) error, reset func() error) (blockstore.Task, error) {
+// The first pass continues c when c is not nil (a hash the download
+// advanced while its blocks arrived); the others start from the first block.
+func (t *Task) completeFunc(ctx context.Context, c *blockstore.ContentHash, emit func(int, []byte) error, reset func() error) (blockstore.Task, error) {
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 && reset != nil {
 			if err := reset(); err != nil {
 				return t.Info(), err
 			}
 		}
-		meta, err := t.e.store.VerifyAndCompleteFunc(ctx, t.id, emit)
+		var meta blockstore.Task
+		var err error
+		early := attempt == 0 && c != nil && c.Hashed() > 0
+		if attempt == 0 && c != nil {
+			meta, err = t.e.store.CompleteHash(ctx, c, emit)
+		} else {
+			meta, err = t.e.store.VerifyAndCompleteFunc(ctx, t.id, emit)
+		}
 		if err == nil || attempt >= 2 {
 			return meta, err
 		}
@@ -637,10 +667,15 @@ func (t *Task) completeFunc(ctx context.Context, emit func(int, []byte) error, r
 			if serr != nil {
 				return meta, serr
 			}
-			if n == 0 && errors.Is(err, blockstore.ErrDigestMismatch) {
+			if n == 0 && errors.Is(err, blockstore.ErrDigestMismatch) && !early {
 				return meta, err // every block is intact: the content itself is not what was declared
 			}
-			t.e.log.Warn("dropped corrupt stored blocks; fetching them again", "task", t.id, "blocks", n)
+			// (A hash started while the blocks arrived may have read a
+			// block that was dropped and fetched again since: a full pass
+			// decides.)
+			if n > 0 {
+				t.e.log.Warn("dropped corrupt stored blocks; fetching them again", "task", t.id, "blocks", n)
+			}
 		case errors.Is(err, blockstore.ErrIncomplete), errors.Is(err, blockstore.ErrNotFound):
 			// A block went missing (or was dropped during the pass): fetch
 			// what is missing and verify again.
@@ -787,7 +822,11 @@ type Result struct {
 	// Verify the time of the final whole-content pass (verification and
 	// writing the output), after the last block arrived.
 	Open, FirstBlock, Verify time.Duration
-	Fallback                 int64 // operations that fell back to the origin
+	// HashedEarly is how many blocks (from the first) the whole-content
+	// hash had covered while blocks still arrived; the final pass hashed
+	// the rest.
+	HashedEarly int
+	Fallback    int64 // operations that fell back to the origin
 }
 
 // Download fetches every missing block of the task and verifies the whole content.
@@ -831,7 +870,7 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 				return err
 			})
 			if errors.Is(err, blockstore.ErrCorrupt) { // rotted since completion: repair, write again
-				meta, err = t.completeAt(ctx, w, nil)
+				meta, err = t.completeAt(ctx, w)
 			}
 			return Result{Task: meta, Stats: t.Stats()}, err
 		}
@@ -852,14 +891,17 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 	report()
 
 	var mirror *outputMirror
+	emit, reset := writerOutput(opt.Output)
 	if opt.OutputAt != nil {
 		mirror = newOutputMirror(t, opt.OutputAt)
+		emit, reset = t.writerAtOutput(opt.OutputAt, mirror)
 	}
 	began := time.Now()
 	var first sync.Once
 	var firstBlock time.Duration
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	hasher := t.startPrefixHash(ctx, mirror.holdBack(missing, emit))
 	work := make(chan int)
 	var wg sync.WaitGroup
 	for range t.e.cfg.Concurrency {
@@ -873,6 +915,7 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 				}
 				first.Do(func() { firstBlock = time.Since(began) })
 				done.Add(meta.BlockLen(idx))
+				hasher.kick()
 				report()
 			}
 		}()
@@ -880,6 +923,11 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 	t.feed(ctx, missing, work)
 	close(work)
 	wg.Wait()
+	c := hasher.stop()
+	early := 0
+	if c != nil {
+		early = c.Hashed()
+	}
 	if mirror != nil {
 		mirror.close()
 	}
@@ -887,30 +935,124 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 		return Result{Task: t.Info(), Stats: t.Stats()}, err
 	}
 	verifying := time.Now()
-	if opt.OutputAt != nil {
-		meta, err := t.completeAt(ctx, opt.OutputAt, mirror)
-		return Result{Task: meta, Stats: t.Stats(), FirstBlock: firstBlock, Verify: time.Since(verifying)}, err
+	meta, err := t.completeFunc(ctx, c, emit, reset)
+	return Result{Task: meta, Stats: t.Stats(), FirstBlock: firstBlock, Verify: time.Since(verifying), HashedEarly: early}, err
+}
+
+// prefixHash advances a download's whole-content hash (and writes its
+// output, through emit) while the blocks arrive: after every block stored
+// it hashes the blocks present after the last one hashed. The download
+// fetches its last blocks in file order (see feed), so little is left to
+// hash when the last block lands. Its goroutine is owned by the download,
+// which stops it before the final pass.
+type prefixHash struct {
+	c     *blockstore.ContentHash
+	kicks chan struct{}
+	quit  chan struct{}
+	done  chan struct{}
+}
+
+func (t *Task) startPrefixHash(ctx context.Context, emit func(int, []byte) error) *prefixHash {
+	c, err := t.e.store.NewContentHash(t.id)
+	if err != nil {
+		t.e.log.Debug("no early whole-content hash; the final pass hashes everything", "task", t.id, "err", err)
+		return nil
 	}
-	meta, err := t.complete(ctx, opt.Output)
-	return Result{Task: meta, Stats: t.Stats(), FirstBlock: firstBlock, Verify: time.Since(verifying)}, err
+	p := &prefixHash{c: c, kicks: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for {
+			select {
+			case <-p.quit:
+				return
+			case <-ctx.Done():
+				return
+			case <-p.kicks:
+			}
+			if _, err := t.e.store.HashPresent(ctx, c, emit); err != nil && !errors.Is(err, errNotYet) {
+				// The final pass hashes (and writes) the rest and reports
+				// the error if it persists.
+				t.e.log.Debug("early whole-content hash stopped", "task", t.id, "err", err)
+				return
+			}
+		}
+	}()
+	p.kick()
+	return p
+}
+
+// errNotYet stops the early hash at a block until the next kick.
+var errNotYet = errors.New("block not written to the output yet")
+
+// holdBack wraps the emit of a download's early hash (emit writes what m
+// has not written): a block the download was missing when it started is
+// present in the store a moment before m writes it, so the hash waits for
+// m rather than write it twice. Without m it returns emit.
+func (m *outputMirror) holdBack(missing []int, emit func(int, []byte) error) func(int, []byte) error {
+	if m == nil {
+		return emit
+	}
+	fetching := blockstore.NewBitmap(m.t.Info().NumBlocks())
+	for _, idx := range missing {
+		fetching.Set(idx)
+	}
+	return func(idx int, blk []byte) error {
+		if fetching.Has(idx) && !m.wrote(idx) && !m.failed.Load() {
+			return errNotYet
+		}
+		return emit(idx, blk)
+	}
+}
+
+// kick tells the hash that a block was stored.
+func (p *prefixHash) kick() {
+	if p == nil {
+		return
+	}
+	select {
+	case p.kicks <- struct{}{}:
+	default:
+	}
+}
+
+// stop stops the goroutine and returns the hash for the final pass (nil if
+// there is none).
+func (p *prefixHash) stop() *blockstore.ContentHash {
+	if p == nil {
+		return nil
+	}
+	close(p.quit)
+	<-p.done
+	return p.c
 }
 
 // reorderEvery is how many blocks a download dispatches before asking the
 // swarm again for its preferred order (rarity changes as the swarm fills).
 const reorderEvery = 64
 
+// tailFraction: a download dispatches the last 1/tailFraction of a task's
+// blocks in file order, so that its whole-content hash (prefixHash) can
+// follow them instead of running after the last block. By then every host
+// of a swarm holds a different random three quarters of the task, so file
+// order over what each one still misses keeps their requests spread.
+const tailFraction = 4
+
 // feed sends every block of missing to work, in the swarm's order, asking
-// for a fresh order every reorderEvery blocks.
+// for a fresh order every reorderEvery blocks, and the last blocks of the
+// task (see tailFraction) in file order.
 func (t *Task) feed(ctx context.Context, missing []int, work chan<- int) {
 	sw := t.e.cfg.Swarm
+	tail := t.Info().NumBlocks() / tailFraction
 	pending := missing
 	for len(pending) > 0 {
-		if sw != nil {
-			pending = sw.Order(t, pending)
-		}
-		n := min(reorderEvery, len(pending))
-		if sw == nil {
+		var n int
+		switch {
+		case sw == nil || len(pending) <= tail:
+			slices.Sort(pending)
 			n = len(pending)
+		default:
+			pending = sw.Order(t, pending)
+			n = min(reorderEvery, len(pending)-tail)
 		}
 		for _, idx := range pending[:n] {
 			select {

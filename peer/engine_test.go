@@ -595,3 +595,126 @@ func TestBlockDroppedDuringVerification(t *testing.T) {
 		t.Fatalf("output differs after a block was dropped during verification (%d bytes)", len(got))
 	}
 }
+
+// TestFeedTailInFileOrder: the last quarter of a task's blocks is
+// dispatched in file order whatever order the swarm prefers, the rest in
+// the swarm's order; every block exactly once.
+func TestFeedTailInFileOrder(t *testing.T) {
+	e := newEnv(t, 40<<20)
+	sw := &reversingSwarm{fakeSwarm: fakeSwarm{e: e}}
+	eng := e.engine(t, Config{Swarm: sw})
+	task, err := eng.Open(ctx, Request{URL: e.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := task.Info().NumBlocks()
+	tail := n / tailFraction
+	if tail < 2 {
+		t.Fatalf("%d blocks: too few for a tail", n)
+	}
+	for _, skip := range []int{0, 1} { // every block missing; every other one
+		var missing []int
+		for i := 0; i < n; i += 1 + skip {
+			missing = append(missing, i)
+		}
+		work := make(chan int, len(missing))
+		task.feed(ctx, missing, work)
+		close(work)
+		var got []int
+		for idx := range work {
+			got = append(got, idx)
+		}
+		if len(got) != len(missing) {
+			t.Fatalf("dispatched %d of %d blocks", len(got), len(missing))
+		}
+		k := min(tail, len(missing))
+		head, end := got[:len(got)-k], got[len(got)-k:]
+		for i := 1; i < len(end); i++ {
+			if end[i] <= end[i-1] {
+				t.Fatalf("skip %d: tail not in file order: %v", skip, end)
+			}
+		}
+		if len(head) > 1 && head[0] < head[1] {
+			t.Fatalf("skip %d: the swarm's (reversed) order was not followed before the tail: %v", skip, head)
+		}
+		seen := map[int]bool{}
+		for _, idx := range got {
+			if seen[idx] {
+				t.Fatalf("block %d dispatched twice", idx)
+			}
+			seen[idx] = true
+		}
+	}
+}
+
+// gatedWriterAt is a recordingWriterAt that closes first when the block at
+// offset 0 is written.
+type gatedWriterAt struct {
+	recordingWriterAt
+	once  sync.Once
+	first chan struct{}
+}
+
+func (g *gatedWriterAt) WriteAt(p []byte, off int64) (int, error) {
+	n, err := g.recordingWriterAt.WriteAt(p, off)
+	if off == 0 {
+		g.once.Do(func() { close(g.first) })
+	}
+	return n, err
+}
+
+// lastBlockGate holds the fetch of the task's last block until open is
+// closed (or the test's patience ends).
+type lastBlockGate struct {
+	fakeSwarm
+	open <-chan struct{}
+}
+
+func (g *lastBlockGate) FetchBlock(ctx context.Context, t *Task, idx int) ([]byte, From, error) {
+	if idx == t.Info().NumBlocks()-1 {
+		select {
+		case <-g.open:
+		case <-time.After(20 * time.Second):
+			return nil, FromPeer, errors.New("the early hash never wrote block 0")
+		case <-ctx.Done():
+			return nil, FromPeer, ctx.Err()
+		}
+	}
+	return g.fakeSwarm.FetchBlock(ctx, t, idx)
+}
+
+// TestDownloadHashesWhileBlocksArrive: the whole-content hash runs while
+// blocks still arrive. Block 0 was stored before the download, so only the
+// early hash can write it to the output; the swarm holds back the last block
+// until that happened. The download reports the blocks hashed early, writes
+// every block exactly once and verifies the content.
+func TestDownloadHashesWhileBlocksArrive(t *testing.T) {
+	e := newEnv(t, 6<<20+777)
+	out := &gatedWriterAt{first: make(chan struct{})}
+	sw := &lastBlockGate{fakeSwarm: fakeSwarm{e: e}, open: out.first}
+	eng := e.engine(t, Config{Swarm: sw, Concurrency: 2})
+	req := Request{URL: e.url, Digest: e.c.Digest("sha256")}
+	task, err := eng.Open(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Fetch(ctx, 0, Foreground); err != nil {
+		t.Fatal(err)
+	}
+	res, err := eng.Download(ctx, req, DownloadOptions{OutputAt: out})
+	if err != nil || !res.Task.Verified {
+		t.Fatalf("download: %+v %v", res, err)
+	}
+	if res.HashedEarly < 1 {
+		t.Fatalf("HashedEarly = %d, want at least block 0", res.HashedEarly)
+	}
+	if !bytes.Equal(out.buf, e.bytes(0, e.c.Size)) {
+		t.Fatal("output differs from the content")
+	}
+	bs := task.Info().BlockSize
+	for idx := range task.Info().NumBlocks() {
+		if c := out.writes[int64(idx)*bs]; c != 1 {
+			t.Fatalf("block %d written %d times, want once (%v)", idx, c, out.writes)
+		}
+	}
+}

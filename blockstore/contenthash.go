@@ -1,0 +1,154 @@
+package blockstore
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+)
+
+// ContentHash is the whole-content hash of one task, computed in block
+// order. It can start while the task is still being fetched: HashPresent
+// hashes the blocks present after the last one hashed, and CompleteHash
+// hashes the rest and completes the task (what VerifyAndComplete does in one
+// go). A download whose last blocks arrive in file order thus has little
+// left to hash when its last block lands. A ContentHash is used by one
+// goroutine at a time.
+type ContentHash struct {
+	id         string
+	digest     string // the task's digest when the hash started
+	algo, want string // want: the declared hex digest, "" when none
+	h          hash.Hash
+	next       int // blocks hashed
+	buf        []byte
+}
+
+// NewContentHash starts the whole-content hash of task id, with the task's
+// declared digest algorithm (SHA-256 when none is declared).
+func (s *Store) NewContentHash(id string) (*ContentHash, error) {
+	t, err := s.Task(id)
+	if err != nil {
+		return nil, err
+	}
+	return newContentHash(t)
+}
+
+func newContentHash(t Task) (*ContentHash, error) {
+	id := t.ID
+	c := &ContentHash{id: id, digest: t.Digest, algo: "sha256"}
+	var err error
+	if t.Digest != "" {
+		if c.algo, c.want, err = ParseDigest(t.Digest); err != nil {
+			return nil, fmt.Errorf("task %s: %w", id, err)
+		}
+	}
+	if c.h, err = NewHash(c.algo); err != nil {
+		return nil, fmt.Errorf("task %s: %w", id, err)
+	}
+	return c, nil
+}
+
+// Hashed returns how many blocks, from the first, c has hashed.
+func (c *ContentHash) Hashed() int { return c.next }
+
+// HashPresent hashes the blocks that follow the last one hashed for as long
+// as they are present, handing each to emit (if not nil) as CompleteHash
+// does, and returns how many blocks c has hashed. It stops, without error,
+// at the first block that is missing (or dropped while being read). As in
+// CompleteHash, with a declared digest blocks are not checked one by one:
+// the whole digest covers them, and CompleteHash reports a mismatch.
+func (s *Store) HashPresent(ctx context.Context, c *ContentHash, emit func(idx int, blk []byte) error) (int, error) {
+	t, err := s.Task(c.id)
+	if err != nil {
+		return c.next, err
+	}
+	if err := c.restartIfDigestChanged(t); err != nil {
+		return c.next, err
+	}
+	for c.next < t.NumBlocks() && s.HasBlock(c.id, c.next) {
+		if err := ctx.Err(); err != nil {
+			return c.next, err
+		}
+		blk, err := s.readBlock(c.id, c.next, c.buf, c.want == "")
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
+			return c.next, nil // dropped meanwhile: it will be fetched again
+		}
+		if err != nil {
+			return c.next, fmt.Errorf("hash task %s: %w", c.id, err)
+		}
+		c.buf = blk[:0]
+		if emit != nil {
+			if err := emit(c.next, blk); err != nil {
+				return c.next, err
+			}
+		}
+		c.h.Write(blk)
+		c.next++
+	}
+	return c.next, nil
+}
+
+// CompleteHash hashes the blocks c has not hashed yet, checks the whole
+// content against the task's digest and marks the task complete; see
+// VerifyAndCompleteFunc for emit and the errors. c is used up either way.
+func (s *Store) CompleteHash(ctx context.Context, c *ContentHash, emit func(idx int, blk []byte) error) (Task, error) {
+	t, err := s.Task(c.id)
+	if err != nil {
+		return Task{}, err
+	}
+	if err := c.restartIfDigestChanged(t); err != nil {
+		return t, err
+	}
+	if missing, _ := s.Missing(c.id); len(missing) > 0 {
+		return t, fmt.Errorf("verify task %s: %d of %d blocks missing: %w", c.id, len(missing), t.NumBlocks(), ErrIncomplete)
+	}
+	h := c.h
+	// Hash and write each block at the same time (they only read it),
+	// while the next blocks are read.
+	werr := make(chan error, 1)
+	err = s.streamBlocksFrom(ctx, c.id, c.next, c.want == "", func(idx int, blk []byte) error {
+		if emit == nil {
+			h.Write(blk)
+			return nil
+		}
+		go func() { werr <- emit(idx, blk) }()
+		h.Write(blk)
+		return <-werr
+	})
+	c.next = t.NumBlocks()
+	if err != nil {
+		return t, fmt.Errorf("verify task %s: %w", c.id, err)
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if c.want != "" && got != c.want {
+		return t, fmt.Errorf("task %s: content %s is %s:%s, want %s: %w", c.id, t.Source, c.algo, got, t.Digest, ErrDigestMismatch)
+	}
+	return s.UpdateTask(c.id, func(t *Task) error {
+		if t.Digest != c.digest {
+			return fmt.Errorf("task %s: digest changed from %q to %q during verification; verify again", c.id, c.digest, t.Digest)
+		}
+		if t.Digest == "" {
+			t.Digest = c.algo + ":" + got
+		} else {
+			t.Verified = true
+		}
+		t.State = StateComplete
+		return nil
+	})
+}
+
+// restartIfDigestChanged starts c over when the task's digest changed since
+// c started (a digest adopted during the download): what was hashed was
+// hashed with the wrong algorithm, or without checking each block.
+func (c *ContentHash) restartIfDigestChanged(t Task) error {
+	if t.Digest == c.digest {
+		return nil
+	}
+	n, err := newContentHash(t)
+	if err != nil {
+		return err
+	}
+	*c = *n
+	return nil
+}
