@@ -44,7 +44,11 @@ type Config struct {
 	RunTimeout time.Duration
 	// KeepOutputs keeps downloaded files and stores after a run.
 	KeepOutputs bool
-	Log         *slog.Logger
+	// DaemonArgs and SupernodeArgs are extra flags for every dfdaemon and
+	// for the supernode (for experiments such as --direct-io); they are
+	// recorded in the report's command.
+	DaemonArgs, SupernodeArgs []string
+	Log                       *slog.Logger
 }
 
 // Sources are the bytes dfget reported per source, summed over hosts.
@@ -391,12 +395,13 @@ func (b *Bench) Run(ctx context.Context, scenario string, n int) (res Result, er
 	}
 	if NeedsDfly(scenario) {
 		sn := topo.Supernode
-		p, err := start("supernode", sn, nil, "supernode listening", b.bins.Supernode,
+		snArgs := append([]string{b.bins.Supernode,
 			"--listen", fmt.Sprintf("%s:%d", sn.IP, snPort),
 			"--upload-listen", fmt.Sprintf("%s:%d", sn.IP, snUploadPort),
 			"--advertise", fmt.Sprintf("%s:%d", sn.IP, snUploadPort),
 			"--idc", sn.IDC,
-			"--store", filepath.Join(runDir, sn.Name, "store"))
+			"--store", filepath.Join(runDir, sn.Name, "store")}, b.cfg.SupernodeArgs...)
+		p, err := start("supernode", sn, nil, "supernode listening", snArgs...)
 		if err != nil {
 			return res, err
 		}
@@ -406,12 +411,13 @@ func (b *Bench) Run(ctx context.Context, scenario string, n int) (res Result, er
 		daemons := make([]*Proc, n)
 		for i, h := range hosts {
 			addr := fmt.Sprintf("%s:%d", h.host.IP, daemonPort)
-			if daemons[i], err = start("dfdaemon", h.host, nil, "dfdaemon ready", b.bins.Dfdaemon,
+			args := append([]string{b.bins.Dfdaemon,
 				"--supernode", fmt.Sprintf("%s:%d", sn.IP, snPort),
 				"--listen", addr, "--advertise", addr,
 				"--sock", filepath.Join(h.dir, "dfdaemon.sock"),
 				"--store", filepath.Join(h.dir, "store"),
-				"--idc", h.host.IDC); err != nil {
+				"--idc", h.host.IDC}, b.cfg.DaemonArgs...)
+			if daemons[i], err = start("dfdaemon", h.host, nil, "dfdaemon ready", args...); err != nil {
 				return res, err
 			}
 		}

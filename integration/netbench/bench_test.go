@@ -2,6 +2,7 @@ package netbench
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -208,5 +209,38 @@ func TestRunCancelled(t *testing.T) {
 	assertClean(t, linksBefore)
 	if procs := processesMentioning(t, work); len(procs) > 0 {
 		t.Errorf("processes survive the cancelled run: %v", procs)
+	}
+}
+
+// TestDaemonArgsReachDaemons: Config.DaemonArgs are appended to every
+// dfdaemon's command line; a flag dfdaemon rejects fails the run with
+// dfdaemon's own message and leaves nothing behind.
+func TestDaemonArgsReachDaemons(t *testing.T) {
+	requireNet(t)
+	repo, err := FindRepo(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	linksBefore := rootLinks(t)
+	work := t.TempDir()
+	b, err := New(context.Background(), Config{
+		Repo: repo, BinDir: filepath.Join(work, "bin"), WorkDir: filepath.Join(work, "runs"),
+		Size: 1e6, Ns: []int{2}, Scenarios: []string{Dfly},
+		PeerRate: 100e6, OriginRate: 1e9, InterIDCRate: 200e6,
+		DaemonArgs: []string{"--no-such-flag-for-the-test"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r, err := b.Run(ctx, Dfly, 2)
+	msg := fmt.Sprint(err, r.Errors)
+	if (err == nil && len(r.Errors) == 0) || !strings.Contains(msg, "no-such-flag-for-the-test") || r.Completed != 0 {
+		t.Errorf("run with a bad dfdaemon flag: %+v, %v; want an error naming the flag", r, err)
+	}
+	assertClean(t, linksBefore)
+	if procs := processesMentioning(t, work); len(procs) > 0 {
+		t.Errorf("processes survive the failed run: %v", procs)
 	}
 }

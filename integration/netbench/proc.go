@@ -32,6 +32,8 @@ type Proc struct {
 
 	mu   sync.Mutex
 	tail []string // last lines of output
+	head []string // first lines of output
+	n    int      // lines of output
 }
 
 // StartProc starts argv inside namespace ns (through `ip netns exec`, which
@@ -66,13 +68,8 @@ func StartProc(name, ns, logPath string, env []string, readyPrefix string, argv 
 		for sc.Scan() {
 			line := sc.Text()
 			fmt.Fprintln(logf, line)
-			p.mu.Lock()
-			p.tail = append(p.tail, line)
-			if len(p.tail) > 20 {
-				p.tail = p.tail[1:]
-			}
-			p.mu.Unlock()
-			if !isReady && readyPrefix != "" && strings.HasPrefix(strings.TrimSpace(line), readyPrefix) {
+			p.record(line)
+			if !isReady && readyPrefix != "" && strings.HasPrefix(line, readyPrefix) { // (not an indented usage line)
 				isReady = true
 				close(p.ready)
 			}
@@ -117,13 +114,41 @@ func (p *Proc) Tail() string {
 	return strings.Join(p.tail, "\n")
 }
 
+// record keeps line for Tail and Output.
+func (p *Proc) record(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n++; len(p.head) < 3 {
+		p.head = append(p.head, line)
+	}
+	p.tail = append(p.tail, line)
+	if len(p.tail) > 20 {
+		p.tail = p.tail[1:]
+	}
+}
+
+// Output returns the first and the last lines of the output (where a
+// program that fails says why: an error before its usage text, or after).
+func (p *Proc) Output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch first := p.n - len(p.tail) + 1; { // line number of the tail's first line
+	case first <= 1:
+		return strings.Join(p.tail, "\n")
+	case first <= len(p.head)+1:
+		return strings.Join(p.head[:first-1], "\n") + "\n" + strings.Join(p.tail, "\n")
+	default:
+		return strings.Join(p.head, "\n") + "\n...\n" + strings.Join(p.tail, "\n")
+	}
+}
+
 // WaitReady waits for the ready line, the process's exit (an error) or ctx.
 func (p *Proc) WaitReady(ctx context.Context) error {
 	select {
 	case <-p.ready:
 		return nil
 	case <-p.done:
-		return fmt.Errorf("%s exited before it was ready (%v); log %s:\n%s", p.Name, p.err, p.LogPath, p.Tail())
+		return fmt.Errorf("%s exited before it was ready (%v); log %s:\n%s", p.Name, p.err, p.LogPath, p.Output())
 	case <-ctx.Done():
 		return fmt.Errorf("%s not ready: %w; log %s:\n%s", p.Name, ctx.Err(), p.LogPath, p.Tail())
 	}

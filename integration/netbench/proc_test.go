@@ -2,6 +2,7 @@ package netbench
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,7 +23,7 @@ func TestProc(t *testing.T) {
 
 	t.Run("ready line, runs inside the namespace, stop", func(t *testing.T) {
 		p, err := StartProc("svc", h.NS, filepath.Join(dir, "svc.log"), []string{"NB_X=42"}, "svc ready",
-			"sh", "-c", `ip -o -4 addr show dev eth0; echo "  svc ready $NB_X"; exec sleep 300`)
+			"sh", "-c", `ip -o -4 addr show dev eth0; echo "  svc ready (indented: not the ready line)"; echo "svc ready $NB_X"; exec sleep 300`)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,4 +102,44 @@ func TestProc(t *testing.T) {
 			t.Errorf("processes left in %s: %s", h.NS, s)
 		}
 	})
+}
+
+// TestProcOutput: Output holds the first lines and the last ones, each line
+// once, with "..." where lines were left out.
+func TestProcOutput(t *testing.T) {
+	for _, tc := range []struct {
+		lines int
+		want  string
+	}{
+		{2, "l1 l2"},
+		{20, "l1 … l20"},
+		{21, "l1 l2 … l21"},
+		{23, "l1 l2 l3 l4 … l23"},
+		{24, "l1 l2 l3 ... l5 … l24"},
+		{60, "l1 l2 l3 ... l41 … l60"},
+	} {
+		p := &Proc{}
+		for i := 1; i <= tc.lines; i++ {
+			p.record(fmt.Sprintf("l%d", i))
+		}
+		got := strings.Fields(p.Output())
+		want := strings.Fields(tc.want)
+		// "…" stands for the consecutive lines between its neighbours.
+		var expanded []string
+		for i, w := range want {
+			if w != "…" {
+				expanded = append(expanded, w)
+				continue
+			}
+			var a, b int
+			fmt.Sscanf(want[i-1], "l%d", &a)
+			fmt.Sscanf(want[i+1], "l%d", &b)
+			for k := a + 1; k < b; k++ {
+				expanded = append(expanded, fmt.Sprintf("l%d", k))
+			}
+		}
+		if strings.Join(got, " ") != strings.Join(expanded, " ") {
+			t.Errorf("%d lines: Output = %q, want %q", tc.lines, got, expanded)
+		}
+	}
 }

@@ -54,6 +54,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	binDir := fs.String("bin-dir", "", "where to build the binaries (default OUT/bin)")
 	repo := fs.String("repo", ".", "the dfly repository (module root or below)")
 	timeout := fs.Duration("run-timeout", 0, "limit of one run (default 10 × client-server time + 60s)")
+	daemonArgs := fs.String("dfdaemon-args", "", "extra flags for every dfdaemon, space-separated (e.g. \"--direct-io\")")
+	snArgs := fs.String("supernode-args", "", "extra flags for the supernode, space-separated")
 	keep := fs.Bool("keep", false, "keep downloaded files and stores")
 	cleanup := fs.Bool("cleanup", false, "remove namespaces left behind by dead netbench runs and exit")
 	verbose := fs.Bool("verbose", false, "log topology and process events")
@@ -120,6 +122,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			cfg.Scenarios = append(cfg.Scenarios, s)
 		}
 	}
+	cfg.DaemonArgs, cfg.SupernodeArgs = strings.Fields(*daemonArgs), strings.Fields(*snArgs)
 	if cfg.Repo, err = netbench.FindRepo(*repo); err != nil {
 		return err
 	}
