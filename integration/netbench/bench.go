@@ -48,7 +48,9 @@ type Config struct {
 	// for the supernode (for experiments such as --direct-io); they are
 	// recorded in the report's command.
 	DaemonArgs, SupernodeArgs []string
-	Log                       *slog.Logger
+	// DynamicARP: see Spec.DynamicARP.
+	DynamicARP bool
+	Log        *slog.Logger
 }
 
 // Sources are the bytes dfget reported per source, summed over hosts.
@@ -322,7 +324,7 @@ func (b *Bench) Run(ctx context.Context, scenario string, n int) (res Result, er
 		res.InterIDCRate = cfg.InterIDCRate
 	}
 	topo, err := Build(ctx, Spec{Peers: n, IDCs: idcs, PeerRate: cfg.PeerRate, OriginRate: cfg.OriginRate,
-		SupernodeRate: cfg.SupernodeRate, InterIDCRate: cfg.InterIDCRate}, cfg.Log)
+		SupernodeRate: cfg.SupernodeRate, InterIDCRate: cfg.InterIDCRate, DynamicARP: cfg.DynamicARP}, cfg.Log)
 	if err != nil {
 		return res, err
 	}

@@ -107,6 +107,21 @@ func TestTopology(t *testing.T) {
 			}
 		}
 	}
+	// Static neighbour entries for every other host, with its MAC.
+	for _, h := range topo.Hosts() {
+		out, err := exec.Command("ip", "-n", h.NS, "neigh", "show", "dev", "eth0").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range topo.Hosts() {
+			if o == h {
+				continue
+			}
+			if want := o.IP.String() + " lladdr " + o.MAC + " PERMANENT"; !strings.Contains(string(out), want) {
+				t.Errorf("%s: neighbours lack %q:\n%s", h.Name, want, out)
+			}
+		}
+	}
 	// Across the inter-idc link: origin (idc-a) reaches the idc-b peer, and
 	// the link's counters see it.
 	c0, err := Counters(ctx, topo.BridgeNS, InterIDCPort)
@@ -134,6 +149,26 @@ func TestTopology(t *testing.T) {
 	}
 	if left, _ := ListNamespaces(ctx, topo.Spec.Prefix); len(left) != 0 {
 		t.Errorf("teardown left %v", left)
+	}
+}
+
+// TestDynamicARP: with Spec.DynamicARP the hosts get no static neighbour
+// entries, and still reach each other (through ARP).
+func TestDynamicARP(t *testing.T) {
+	requireNet(t)
+	topo, err := Build(context.Background(), Spec{Peers: 1, IDCs: 1, PeerRate: 100e6, OriginRate: 1e9, DynamicARP: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer topo.Teardown()
+	out, err := exec.Command("ip", "-n", topo.Peers[0].NS, "neigh", "show").Output()
+	if err != nil || strings.Contains(string(out), "PERMANENT") {
+		t.Fatalf("neighbours with DynamicARP: %q %v", out, err)
+	}
+	b, _ := exec.Command("ip", "netns", "exec", topo.Peers[0].NS, "curl", "-sS", "--max-time", "3",
+		"http://"+topo.Origin.IP.String()+":9/").CombinedOutput()
+	if !strings.Contains(string(b), "refused") && !strings.Contains(string(b), "Couldn't connect") {
+		t.Fatalf("peer cannot reach the origin with ARP: %s", b)
 	}
 }
 

@@ -56,6 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	timeout := fs.Duration("run-timeout", 0, "limit of one run (default 10 × client-server time + 60s)")
 	daemonArgs := fs.String("dfdaemon-args", "", "extra flags for every dfdaemon, space-separated (e.g. \"--direct-io\")")
 	snArgs := fs.String("supernode-args", "", "extra flags for the supernode, space-separated")
+	dynARP := fs.Bool("dynamic-arp", false, "resolve neighbours with ARP (default: static entries; ARP lost in full queues stalls new connections)")
 	keep := fs.Bool("keep", false, "keep downloaded files and stores")
 	cleanup := fs.Bool("cleanup", false, "remove namespaces left behind by dead netbench runs and exit")
 	verbose := fs.Bool("verbose", false, "log topology and process events")
@@ -136,6 +137,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg.BinDir = filepath.Join(outDir, "bin")
 	}
 	cfg.Seed, cfg.PieceExp, cfg.RunTimeout, cfg.KeepOutputs, cfg.Log = *seed, *pieceExp, *timeout, *keep, log
+	cfg.DynamicARP = *dynARP
 
 	if err := netbench.CheckLeftovers(ctx); err != nil {
 		return err
