@@ -103,7 +103,9 @@ func (p *fakePeer) syncUntil(id string, wants []int32) (map[int32][]byte, map[in
 	p.t.Helper()
 	digests := map[int32][]byte{}
 	assigned := map[int32]*api.Assignment{}
-	for range 50 {
+	// The seed streams the blocks from the origin meanwhile: ask again until
+	// every want is assigned, with a generous bound for a loaded machine.
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		resp := p.sync(&api.SyncRequest{TaskId: id, Want: wants})
 		if resp.SeedError != "" {
 			p.t.Fatalf("seed error: %s", resp.SeedError)
