@@ -117,13 +117,7 @@ func TestContentHashMismatch(t *testing.T) {
 // against the new digest, not marked verified by a hash that checked none.
 func TestContentHashDigestAdopted(t *testing.T) {
 	s := openT(t, t.TempDir(), Options{})
-	task, data := content("ad", 4*4096)
-	declared := task.Digest
-	task.Digest = ""
-	if _, err := s.CreateTask(ctx, task); err != nil {
-		t.Fatal(err)
-	}
-	putAll(t, s, task, data)
+	declared, _ := undeclaredTask(t, s, "ad", 4*4096)
 	c, err := s.NewContentHash("ad")
 	if err != nil {
 		t.Fatal(err)
@@ -154,12 +148,7 @@ func TestContentHashDigestAdopted(t *testing.T) {
 func TestContentHashStopsAtDroppedBlock(t *testing.T) {
 	dir := t.TempDir()
 	s := openT(t, dir, Options{})
-	task, data := content("dr", 4*4096)
-	task.Digest = ""
-	if _, err := s.CreateTask(ctx, task); err != nil {
-		t.Fatal(err)
-	}
-	putAll(t, s, task, data)
+	_, data := undeclaredTask(t, s, "dr", 4*4096)
 	corruptOnDisk(t, dir, data[2*4096+50:2*4096+120])
 	s.uncheck("dr", 2)
 	c, err := s.NewContentHash("dr")

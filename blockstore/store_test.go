@@ -599,15 +599,24 @@ func TestScrubDropsEveryCorruptBlock(t *testing.T) {
 	}
 }
 
-func TestCompleteWithoutDeclaredDigest(t *testing.T) {
-	s := openT(t, t.TempDir(), Options{})
-	task, data := content("nd", 3*4096)
-	want := task.Digest
+// undeclaredTask creates task id of length bytes (see content) without a
+// declared digest and stores all its blocks; it returns the digest the
+// content has.
+func undeclaredTask(t *testing.T, s *Store, id string, length int) (digest string, data []byte) {
+	t.Helper()
+	task, data := content(id, length)
+	digest = task.Digest
 	task.Digest = ""
 	if _, err := s.CreateTask(ctx, task); err != nil {
 		t.Fatal(err)
 	}
 	putAll(t, s, task, data)
+	return digest, data
+}
+
+func TestCompleteWithoutDeclaredDigest(t *testing.T) {
+	s := openT(t, t.TempDir(), Options{})
+	want, _ := undeclaredTask(t, s, "nd", 3*4096)
 	got, err := s.VerifyAndComplete(ctx, "nd", nil)
 	if err != nil || got.State != StateComplete || got.Verified || got.Digest != want {
 		t.Fatalf("complete without digest: %+v %v (want digest %s recorded, not verified)", got, err, want)

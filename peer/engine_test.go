@@ -343,13 +343,7 @@ func TestFeedReordersEveryBatch(t *testing.T) {
 	for i := range missing {
 		missing[i] = i
 	}
-	work := make(chan int, len(missing))
-	task.feed(ctx, missing, work)
-	close(work)
-	var got []int
-	for idx := range work {
-		got = append(got, idx)
-	}
+	got := feedAll(t, task, missing)
 	if len(got) != 150 || sw.orders != 3 {
 		t.Fatalf("dispatched %d blocks with %d Order calls; want 150 and 3", len(got), sw.orders)
 	}
@@ -358,13 +352,25 @@ func TestFeedReordersEveryBatch(t *testing.T) {
 	if got[0] != 149 || got[63] != 86 || got[64] != 0 || got[127] != 63 || got[128] != 85 {
 		t.Fatalf("order = %v", got)
 	}
+}
+
+// feedAll runs task.feed over missing and returns the blocks in the order
+// dispatched, failing the test if one is dispatched twice.
+func feedAll(t *testing.T, task *Task, missing []int) []int {
+	t.Helper()
+	work := make(chan int, len(missing))
+	task.feed(ctx, missing, work)
+	close(work)
+	var got []int
 	seen := map[int]bool{}
-	for _, idx := range got {
+	for idx := range work {
 		if seen[idx] {
 			t.Fatalf("block %d dispatched twice", idx)
 		}
 		seen[idx] = true
+		got = append(got, idx)
 	}
+	return got
 }
 
 // TestForegroundNotBehindQueuedBackgroundFetch: a background fetch of block 1
@@ -617,13 +623,7 @@ func TestFeedTailInFileOrder(t *testing.T) {
 		for i := 0; i < n; i += 1 + skip {
 			missing = append(missing, i)
 		}
-		work := make(chan int, len(missing))
-		task.feed(ctx, missing, work)
-		close(work)
-		var got []int
-		for idx := range work {
-			got = append(got, idx)
-		}
+		got := feedAll(t, task, missing)
 		if len(got) != len(missing) {
 			t.Fatalf("dispatched %d of %d blocks", len(got), len(missing))
 		}
@@ -636,13 +636,6 @@ func TestFeedTailInFileOrder(t *testing.T) {
 		}
 		if len(head) > 1 && head[0] < head[1] {
 			t.Fatalf("skip %d: the swarm's (reversed) order was not followed before the tail: %v", skip, head)
-		}
-		seen := map[int]bool{}
-		for _, idx := range got {
-			if seen[idx] {
-				t.Fatalf("block %d dispatched twice", idx)
-			}
-			seen[idx] = true
 		}
 	}
 }

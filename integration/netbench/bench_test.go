@@ -160,6 +160,23 @@ func processesMentioning(t *testing.T, s string) []string {
 	return out
 }
 
+// newTwoHostBench returns a Bench of two peers working in work, with the
+// default rates and cfg's size, scenarios and daemon flags.
+func newTwoHostBench(t *testing.T, work string, cfg Config) *Bench {
+	t.Helper()
+	repo, err := FindRepo(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Repo, cfg.BinDir, cfg.WorkDir = repo, filepath.Join(work, "bin"), filepath.Join(work, "runs")
+	cfg.Ns, cfg.PeerRate, cfg.OriginRate, cfg.InterIDCRate = []int{2}, 100e6, 1e9, 200e6
+	b, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // TestRunCancelled cancels a run in the middle of its downloads (what Ctrl-C
 // does in the command) and checks that Run returns promptly and leaves no
 // namespace, link or process behind.
@@ -168,20 +185,9 @@ func TestRunCancelled(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skipf("needs curl: %v", err)
 	}
-	repo, err := FindRepo(".")
-	if err != nil {
-		t.Fatal(err)
-	}
 	linksBefore := rootLinks(t)
 	work := t.TempDir()
-	b, err := New(context.Background(), Config{
-		Repo: repo, BinDir: filepath.Join(work, "bin"), WorkDir: filepath.Join(work, "runs"),
-		Size: 100e6, Ns: []int{2}, Scenarios: []string{Native},
-		PeerRate: 100e6, OriginRate: 1e9, InterIDCRate: 200e6,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newTwoHostBench(t, work, Config{Size: 100e6, Scenarios: []string{Native}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	watcherDone := make(chan struct{})
@@ -217,21 +223,10 @@ func TestRunCancelled(t *testing.T) {
 // dfdaemon's own message and leaves nothing behind.
 func TestDaemonArgsReachDaemons(t *testing.T) {
 	requireNet(t)
-	repo, err := FindRepo(".")
-	if err != nil {
-		t.Fatal(err)
-	}
 	linksBefore := rootLinks(t)
 	work := t.TempDir()
-	b, err := New(context.Background(), Config{
-		Repo: repo, BinDir: filepath.Join(work, "bin"), WorkDir: filepath.Join(work, "runs"),
-		Size: 1e6, Ns: []int{2}, Scenarios: []string{Dfly},
-		PeerRate: 100e6, OriginRate: 1e9, InterIDCRate: 200e6,
-		DaemonArgs: []string{"--no-such-flag-for-the-test"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newTwoHostBench(t, work, Config{Size: 1e6, Scenarios: []string{Dfly},
+		DaemonArgs: []string{"--no-such-flag-for-the-test"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	r, err := b.Run(ctx, Dfly, 2)
