@@ -711,3 +711,56 @@ func TestDownloadHashesWhileBlocksArrive(t *testing.T) {
 		}
 	}
 }
+
+// TestEarlyHashMismatchDecidedByFullPass: a whole-content hash advanced
+// early read a block that was damaged on disk at that moment. Whether the
+// block was repaired since (restored) or is still damaged, the download's
+// verification ends with the content verified: a mismatch after an early
+// hash is never taken for "the content is not what was declared" without a
+// full pass.
+func TestEarlyHashMismatchDecidedByFullPass(t *testing.T) {
+	for _, restored := range []bool{true, false} {
+		e := newEnv(t, 3<<20+99)
+		eng := e.engine(t, Config{Concurrency: 2})
+		task, err := eng.Open(ctx, Request{URL: e.url, Digest: e.c.Digest("sha256")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for idx := range task.Info().NumBlocks() {
+			if err := task.Fetch(ctx, idx, Foreground); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f, err := os.OpenFile(e.store.Dir()+"/data/"+task.ID()+".blocks", os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		off := task.Info().BlockSize + 10 // inside block 1
+		flip := func() {
+			b := make([]byte, 1)
+			if _, err := f.ReadAt(b, off); err != nil {
+				t.Fatal(err)
+			}
+			b[0] ^= 0xff
+			if _, err := f.WriteAt(b, off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		flip()
+		c, err := e.store.NewContentHash(task.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := e.store.HashPresent(ctx, c, nil); n != task.Info().NumBlocks() || err != nil {
+			t.Fatalf("HashPresent: %d %v", n, err)
+		}
+		if restored {
+			flip()
+		}
+		meta, err := task.completeFunc(ctx, c, nil, nil)
+		if err != nil || !meta.Verified {
+			t.Fatalf("restored=%v: verification after an early hash of a damaged block: %+v %v", restored, meta, err)
+		}
+	}
+}
