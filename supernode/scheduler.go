@@ -40,6 +40,11 @@ type SchedulerConfig struct {
 	// so the seed uploads each block about once and each block crosses into
 	// an idc about once (default 3s).
 	DedupTTL time.Duration
+	// MaxCrossIDCTransfers bounds the block transfers in flight per task
+	// from parents in another idc into one idc (default 16; negative:
+	// unbounded). Fewer transfers sharing the inter-idc link each finish
+	// sooner, and a finished block is then shared inside the idc.
+	MaxCrossIDCTransfers int
 	// DefaultCapacity is the upload capacity (bytes/s) assumed for hosts
 	// that declare none (default 100 MiB/s).
 	DefaultCapacity int64
@@ -82,6 +87,9 @@ func (c *SchedulerConfig) defaults() {
 	}
 	if c.DedupTTL <= 0 {
 		c.DedupTTL = 3 * time.Second
+	}
+	if c.MaxCrossIDCTransfers == 0 {
+		c.MaxCrossIDCTransfers = 16
 	}
 	if c.DefaultCapacity <= 0 {
 		c.DefaultCapacity = 100 << 20
@@ -177,19 +185,21 @@ type holding struct {
 type task struct {
 	TaskInfo
 	n        int
-	holdings map[string]*holding // by host id
-	lists    [][]*holding        // per block: holdings that (may) hold it
-	stale    []int               // per block: entries of lists known to be stale
-	rot      []uint32            // per block: rotating scan offset
-	blocked  map[string]bool     // hosts blocked for this task
-	used     time.Time           // last time a peer asked about or announced it
-	inflight [][]flight          // per block: recent assignments without a result yet
+	holdings map[string]*holding    // by host id
+	lists    [][]*holding           // per block: holdings that (may) hold it
+	stale    []int                  // per block: entries of lists known to be stale
+	rot      []uint32               // per block: rotating scan offset
+	blocked  map[string]bool        // hosts blocked for this task
+	used     time.Time              // last time a peer asked about or announced it
+	inflight [][]flight             // per block: recent assignments without a result yet
+	crossIn  map[string][]time.Time // per idc: starts of assignments from a parent in another idc, oldest first
 }
 
 // flight is an assignment of a block to a requester, until its result.
 type flight struct {
-	to *host
-	at time.Time
+	to    *host
+	at    time.Time
+	cross bool // from a parent in another idc
 }
 
 // maxFlights bounds the in-flight records kept per block.
@@ -695,7 +705,7 @@ func (s *Scheduler) Assign(taskID, requester string, wants []int, ok func(block 
 			return
 		}
 		cands[0].h.assigned = append(cands[0].h.assigned, now)
-		t.fly(b, r, now)
+		t.fly(b, r, now, knownCrossIDC(r, cands[0].h))
 		out = append(out, a)
 	}
 	seen := map[int]bool{}
@@ -715,6 +725,9 @@ func (s *Scheduler) Assign(taskID, requester string, wants []int, ok func(block 
 		if s.waitLocalLocked(t, r, b, cands[0], now) {
 			continue // a closer copy is on its way (bounded by DedupTTL)
 		}
+		if s.crossFullLocked(t, r, cands[0], now) {
+			continue
+		}
 		remote := cands[0].sc.locality == elsewhere || cands[0].sc.class == classSeed
 		if !first && remote && r.IDC != "" && !cands[0].sc.saturated {
 			deferred = append(deferred, b)
@@ -728,14 +741,14 @@ func (s *Scheduler) Assign(taskID, requester string, wants []int, ok func(block 
 			break
 		}
 		cands, holders := s.rankLocked(t, r, b, norm, now) // loads changed since the first pass
-		if len(cands) > 0 && !s.waitLocalLocked(t, r, b, cands[0], now) {
+		if len(cands) > 0 && !s.waitLocalLocked(t, r, b, cands[0], now) && !s.crossFullLocked(t, r, cands[0], now) {
 			take(b, cands, holders)
 		}
 	}
 	if len(out) == 0 && fallback != nil {
 		p := s.hosts[fallback.Parents[0].HostID]
 		p.assigned = append(p.assigned, now)
-		t.fly(fallback.Block, r, now)
+		t.fly(fallback.Block, r, now, knownCrossIDC(r, p))
 		out = append(out, *fallback)
 	}
 	return out, nil
@@ -769,13 +782,58 @@ func (s *Scheduler) waitLocalLocked(t *task, r *host, b int, best cand, now time
 	return false
 }
 
+// knownCrossIDC reports whether parent p is in another idc than requester
+// r, both labelled. Unlike crossesIDC (ranking, where an unlabelled seed
+// counts as far), MaxCrossIDCTransfers only bounds transfers known to cross.
+func knownCrossIDC(r, p *host) bool { return r.IDC != "" && p.IDC != "" && r.IDC != p.IDC }
+
+// crossFullLocked reports whether taking best for requester r would exceed
+// MaxCrossIDCTransfers into r's idc.
+func (s *Scheduler) crossFullLocked(t *task, r *host, best cand, now time.Time) bool {
+	return s.cfg.MaxCrossIDCTransfers > 0 && knownCrossIDC(r, best.h) &&
+		t.crossInFlight(r.IDC, now, s.cfg.AssignTTL) >= s.cfg.MaxCrossIDCTransfers
+}
+
 // fly records that block b was assigned to r.
-func (t *task) fly(b int, r *host, now time.Time) {
+func (t *task) fly(b int, r *host, now time.Time, cross bool) {
 	fs := t.inflight[b]
 	if len(fs) >= maxFlights {
+		t.unfly(fs[0])
 		fs = fs[1:]
 	}
-	t.inflight[b] = append(fs, flight{to: r, at: now})
+	t.inflight[b] = append(fs, flight{to: r, at: now, cross: cross})
+	if cross {
+		if t.crossIn == nil {
+			t.crossIn = map[string][]time.Time{}
+		}
+		t.crossIn[r.IDC] = append(t.crossIn[r.IDC], now)
+	}
+}
+
+// unfly forgets f in the cross-idc counts.
+func (t *task) unfly(f flight) {
+	if !f.cross {
+		return
+	}
+	ts := t.crossIn[f.to.IDC]
+	if i := slices.Index(ts, f.at); i >= 0 {
+		t.crossIn[f.to.IDC] = slices.Delete(ts, i, i+1)
+	}
+}
+
+// crossInFlight counts the assignments from a parent in another idc to a
+// requester in idc that started less than ttl ago and have no result yet.
+func (t *task) crossInFlight(idc string, now time.Time, ttl time.Duration) int {
+	ts := t.crossIn[idc]
+	i := 0
+	for i < len(ts) && now.Sub(ts[i]) >= ttl {
+		i++
+	}
+	if i > 0 {
+		ts = slices.Delete(ts, 0, i)
+		t.crossIn[idc] = ts
+	}
+	return len(ts)
 }
 
 // landed forgets r's fetch of block b (it reported a result or holds it).
@@ -783,6 +841,7 @@ func (t *task) landed(b int, r *host) {
 	fs := t.inflight[b]
 	for i := 0; i < len(fs); i++ {
 		if fs[i].to == r {
+			t.unfly(fs[i])
 			fs = append(fs[:i], fs[i+1:]...)
 			i--
 		}

@@ -740,3 +740,57 @@ func TestWaitForCopyInOwnIDC(t *testing.T) {
 		t.Fatalf("a2 after a1 stored 6: %v %v", b, p)
 	}
 }
+
+// TestMaxCrossIDCTransfers: transfers from parents in another idc into one
+// idc are bounded per task; a result, a "have" or AssignTTL frees a place;
+// parents in the requester's idc, and unlabelled hosts, are not bounded.
+func TestMaxCrossIDCTransfers(t *testing.T) {
+	s, clk := newTestScheduler(t, SchedulerConfig{MaxCrossIDCTransfers: 2, AssignTTL: 10 * time.Second, DedupTTL: time.Second})
+	addHost(t, s, HostInfo{ID: "seed", IsSeed: true, IDC: "a"}, all(8)...)
+	addHost(t, s, HostInfo{ID: "b1", IDC: "b"})
+	addHost(t, s, HostInfo{ID: "b2", IDC: "b"})
+	addHost(t, s, HostInfo{ID: "b3", IDC: "b"}, 6, 7)
+	addHost(t, s, HostInfo{ID: "u"}) // no idc label
+	assigned := func(host string, wants ...int) (blocks []int) {
+		t.Helper()
+		as, err := s.Assign(testTask, host, wants, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range as {
+			blocks = append(blocks, a.Block)
+		}
+		return blocks
+	}
+	steps := []struct {
+		name  string
+		do    func()
+		host  string
+		wants []int
+		want  []int
+	}{
+		{"two cross-idc transfers into b at most", nil, "b1", []int{0, 1, 2}, []int{0, 1}},
+		{"the bound is per idc, not per host", nil, "b2", []int{3}, nil},
+		{"a parent in b's own idc is not bounded", nil, "b2", []int{6, 7}, []int{6, 7}},
+		{"an unlabelled host is not bounded", nil, "u", []int{3}, []int{3}},
+		{"a result frees a place", func() {
+			s.Report(testTask, "b1", []Result{{Block: 0, ParentID: "seed", OK: true}})
+		}, "b2", []int{2, 4}, []int{2}},
+		{"a have frees a place", func() { _ = s.AddBlocks(testTask, "b1", []int{1}) }, "b2", []int{4}, []int{4}},
+		{"full again", nil, "b1", []int{5}, nil},
+		{"an unreported transfer stops counting after AssignTTL", func() {
+			clk.Add(11 * time.Second)
+			for _, h := range []string{"seed", "b1", "b2", "b3", "u"} {
+				s.Touch(h)
+			}
+		}, "b1", []int{5, 0}, []int{5, 0}},
+	}
+	for _, st := range steps {
+		if st.do != nil {
+			st.do()
+		}
+		if got := assigned(st.host, st.wants...); !slices.Equal(got, st.want) {
+			t.Fatalf("%s: %s got %v, want %v", st.name, st.host, got, st.want)
+		}
+	}
+}

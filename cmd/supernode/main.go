@@ -60,6 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Var(&rate, "upload-rate", "upload rate limit of the seed in bytes/s, e.g. 100M (0 = unlimited)")
 	fs.IntVar(&cfg.MaxUploads, "max-uploads", 64, "maximum concurrent uploads from the seed (more get HTTP 429)")
 	fs.IntVar(&cfg.SeedConcurrency, "seed-concurrency", 6, "parallel Range requests to the origin per task")
+	fs.IntVar(&cfg.Scheduler.MaxCrossIDCTransfers, "max-cross-idc-transfers", 16, "block transfers in flight per task from parents in another idc into one idc (-1 = unbounded)")
 	fs.DurationVar(&heartbeat, "heartbeat", 2*time.Second, "heartbeat interval given to peers; a peer silent for 3 intervals expires")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
