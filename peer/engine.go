@@ -619,21 +619,17 @@ func writerOutput(w io.Writer) (emit func(int, []byte) error, reset func() error
 // again.
 func (t *Task) writerAtOutput(w io.WriterAt, m *outputMirror) (emit func(int, []byte) error, reset func() error) {
 	bs := t.Info().BlockSize
-	var mu sync.Mutex
+	// emit and reset never run at the same time: reset runs between the
+	// passes of completeFunc, after the download's early hash stopped.
 	emit = func(idx int, blk []byte) error {
-		mu.Lock()
-		skip := m != nil && m.wrote(idx)
-		mu.Unlock()
-		if skip {
+		if m != nil && m.wrote(idx) {
 			return nil
 		}
 		_, err := w.WriteAt(blk, int64(idx)*bs)
 		return err
 	}
 	reset = func() error {
-		mu.Lock()
 		m = nil
-		mu.Unlock()
 		return nil
 	}
 	return emit, reset

@@ -88,7 +88,13 @@ func (t *Topology) Hosts() []*Host {
 // run runs a command and returns its combined output; the error says which
 // command failed and what it printed.
 func run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return runInput(ctx, "", name, args...)
+}
+
+// runInput is run with stdin fed from input.
+func runInput(ctx context.Context, input, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdin = strings.NewReader(input)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -343,19 +349,7 @@ func (t *Topology) staticNeighbours(ctx context.Context) error {
 				fmt.Fprintf(&batch, "neigh replace %s lladdr %s nud permanent dev eth0\n", o.IP, o.MAC)
 			}
 		}
-		f, err := os.CreateTemp("", "netbench-neigh-*")
-		if err != nil {
-			return fmt.Errorf("build topology %s: neighbour entries: %w", t.Spec.Prefix, err)
-		}
-		_, werr := f.WriteString(batch.String())
-		cerr := f.Close()
-		if err := errors.Join(werr, cerr); err != nil {
-			os.Remove(f.Name())
-			return fmt.Errorf("build topology %s: neighbour entries: %w", t.Spec.Prefix, err)
-		}
-		_, err = run(ctx, "ip", "-n", h.NS, "-batch", f.Name())
-		os.Remove(f.Name())
-		if err != nil {
+		if _, err := runInput(ctx, batch.String(), "ip", "-n", h.NS, "-batch", "-"); err != nil {
 			return fmt.Errorf("build topology %s: neighbour entries: %w", t.Spec.Prefix, err)
 		}
 	}
