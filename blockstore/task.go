@@ -26,6 +26,8 @@ const (
 type Task struct {
 	ID           string    `json:"id"`
 	Source       string    `json:"source,omitempty"` // origin URL (informational)
+	// Tag tells apart contents the URL alone does not (part of URL-derived IDs).
+	Tag string `json:"tag,omitempty"`
 	Length       int64     `json:"length"`
 	BlockSize    int64     `json:"block_size"`
 	Digest       string    `json:"digest,omitempty"` // whole-content digest, "sha256:HEX" or "md5:HEX"
@@ -38,6 +40,10 @@ type Task struct {
 	// Verified is set when the whole content was checked against a digest
 	// declared by the user or the origin (not merely computed locally).
 	Verified bool `json:"verified,omitempty"`
+	// Private is set when the content was fetched with credentials
+	// (source.Sensitive headers): it is then handed to a caller only after
+	// the origin accepted that caller's own credentials.
+	Private bool `json:"private,omitempty"`
 }
 
 // NumBlocks is the number of blocks of the task.

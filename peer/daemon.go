@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/dfly-p2p/dfly/blockstore"
-	"github.com/dfly-p2p/dfly/peer/source"
+	"github.com/dfly-p2p/dfly/internal/source"
 )
 
 // DaemonConfig configures a Daemon (one per host: it owns the host's block store).

@@ -20,7 +20,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/dfly-p2p/dfly/blockstore"
-	"github.com/dfly-p2p/dfly/peer/source"
+	"github.com/dfly-p2p/dfly/internal/source"
 )
 
 // Request names content to fetch.

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/dfly-p2p/dfly/blockstore"
-	"github.com/dfly-p2p/dfly/peer/source"
+	"github.com/dfly-p2p/dfly/internal/source"
 	"github.com/dfly-p2p/dfly/supernode/api"
 )
 

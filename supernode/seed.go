@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/dfly-p2p/dfly/blockstore"
-	"github.com/dfly-p2p/dfly/peer/source"
+	"github.com/dfly-p2p/dfly/internal/source"
 )
 
 // SeedRequest asks the seed for a task.

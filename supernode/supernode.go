@@ -23,7 +23,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/dfly-p2p/dfly/blockstore"
-	"github.com/dfly-p2p/dfly/peer/source"
+	"github.com/dfly-p2p/dfly/internal/source"
 	"github.com/dfly-p2p/dfly/supernode/api"
 )
 

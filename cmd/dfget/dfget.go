@@ -23,7 +23,7 @@ import (
 	"github.com/dfly-p2p/dfly/cmd/internal/cli"
 	"github.com/dfly-p2p/dfly/internal/directio"
 	"github.com/dfly-p2p/dfly/peer"
-	"github.com/dfly-p2p/dfly/peer/source"
+	"github.com/dfly-p2p/dfly/internal/source"
 )
 
 // Exit codes a script can rely on.

@@ -38,7 +38,7 @@ import (
 	dfs "github.com/dfly-p2p/dfly/fs"
 	"github.com/dfly-p2p/dfly/fs/prefetch"
 	"github.com/dfly-p2p/dfly/peer"
-	"github.com/dfly-p2p/dfly/peer/source"
+	"github.com/dfly-p2p/dfly/internal/source"
 )
 
 // Exit codes (documented in --help).

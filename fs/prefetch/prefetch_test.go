@@ -15,7 +15,7 @@ import (
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/integration/origin"
 	"github.com/dfly-p2p/dfly/peer"
-	"github.com/dfly-p2p/dfly/peer/source"
+	"github.com/dfly-p2p/dfly/internal/source"
 )
 
 // env is a real origin, block store and peer engine.

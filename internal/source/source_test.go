@@ -169,3 +169,23 @@ func FuzzContentRange(f *testing.F) {
 		_ = totalFromContentRange(s)
 	})
 }
+
+func TestSensitive(t *testing.T) {
+	cases := []struct {
+		h    http.Header
+		want bool
+	}{
+		{nil, false},
+		{http.Header{}, false},
+		{http.Header{"User-Agent": {"x"}, "Accept": {"*/*"}}, false},
+		{http.Header{"Authorization": {"Bearer x"}}, true},
+		{http.Header{"Cookie": {"s=1"}}, true},
+		{http.Header{"X-Api-Key": {"k"}}, true},
+		{http.Header{"accept": {"*/*"}, "x-token": {"t"}}, true},
+	}
+	for _, c := range cases {
+		if got := Sensitive(c.h); got != c.want {
+			t.Errorf("Sensitive(%v) = %v, want %v", c.h, got, c.want)
+		}
+	}
+}

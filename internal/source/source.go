@@ -371,3 +371,23 @@ func parseContentRangeStart(cr string) int64 {
 	}
 	return n
 }
+
+// harmless are request headers that never carry credentials.
+var harmless = map[string]bool{
+	"User-Agent": true, "Accept": true, "Accept-Language": true, "Accept-Encoding": true,
+	"Cache-Control": true, "Pragma": true,
+}
+
+// Sensitive reports whether h carries anything that may be a credential:
+// every header except a few that never do (User-Agent, Accept, ...). Content
+// fetched with sensitive headers is private: it is served to a caller only
+// after the origin accepted that caller's own headers, and the headers are
+// never stored, logged or sent to other peers.
+func Sensitive(h http.Header) bool {
+	for name := range h {
+		if !harmless[http.CanonicalHeaderKey(name)] {
+			return true
+		}
+	}
+	return false
+}
