@@ -47,12 +47,13 @@ package peer
 
 import (
 	"context"
-	"crypto/hmac"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -64,6 +65,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/dfly-p2p/dfly/blockstore"
@@ -99,6 +101,11 @@ type SwarmConfig struct {
 	RPCTimeout time.Duration
 	// DialOptions override the gRPC dial options (default: insecure transport).
 	DialOptions []grpc.DialOption
+	// HostSecret proves to the supernode that calls for HostID come from
+	// this host (the supernode binds the id to the first secret it sees
+	// while the host is live). Keep it across restarts of the same host
+	// (dfdaemon stores it beside its block store); default: random.
+	HostSecret string
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -146,7 +153,7 @@ type SupernodeSwarm struct {
 
 	mu        sync.Mutex
 	tasks     map[string]*swarmTask
-	keys      [][]byte // current token key first, then the previous one
+	keys      []ed25519.PublicKey // token-signing keys: the current one first, then the previous one
 	byParent  map[string]int64
 	downUntil time.Time
 	needFull  bool // next heartbeat sends every held task
@@ -193,10 +200,17 @@ func NewSwarm(ctx context.Context, cfg SwarmConfig) (*SupernodeSwarm, error) {
 			cfg.HostID = fmt.Sprintf("%s/leech-%d", hn, os.Getpid())
 		}
 	}
+	if cfg.HostSecret == "" {
+		cfg.HostSecret = rand.Text()
+	}
 	opts := cfg.DialOptions
 	if opts == nil {
 		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
+	secret := cfg.HostSecret
+	opts = append(slices.Clip(opts), grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
+		return invoker(metadata.AppendToOutgoingContext(ctx, api.HostSecretMetadata, secret), method, req, reply, cc, o...)
+	}))
 	conn, err := grpc.NewClient(cfg.Supernode, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("swarm: supernode address %q: %w", cfg.Supernode, err)
@@ -275,19 +289,19 @@ func (s *SupernodeSwarm) Stats() SwarmStats {
 	}
 }
 
-// api.ValidToken implements TokenChecker with the token keys the supernode sent
-// (the current one and the one before, so a supernode restart does not
-// break transfers in flight).
-func (s *SupernodeSwarm) ValidToken(taskID, token string) bool {
+// CheckToken implements TokenChecker with the public keys the supernode
+// sent (the current one and the one before, so a supernode that came back
+// with a new key does not break transfers in flight): the token must be
+// signed by the supernode, name the task and not have expired.
+func (s *SupernodeSwarm) CheckToken(taskID, token string) error {
 	s.mu.Lock()
 	keys := s.keys
 	s.mu.Unlock()
-	for _, k := range keys {
-		if api.ValidToken(k, taskID, token) {
-			return true
-		}
+	if len(keys) == 0 {
+		return errors.New("this host has not reached its supernode yet: it cannot check task tokens")
 	}
-	return false
+	_, err := api.VerifyToken(keys, token, taskID, time.Now())
+	return err
 }
 
 func (s *SupernodeSwarm) isDown() bool {
@@ -353,9 +367,13 @@ func (s *SupernodeSwarm) announce(ctx context.Context) (time.Duration, error) {
 		return 0, fmt.Errorf("announce to supernode %s: %w", s.cfg.Supernode, err)
 	}
 	s.mu.Lock()
-	restarted := len(s.keys) > 0 && !hmac.Equal(s.keys[0], resp.GetTokenKey())
-	if len(s.keys) == 0 || restarted {
-		s.keys = append([][]byte{resp.GetTokenKey()}, s.keys...)
+	var key ed25519.PublicKey
+	if pubs := resp.GetTokenPublicKeys(); len(pubs) > 0 && len(pubs[0]) == ed25519.PublicKeySize {
+		key = ed25519.PublicKey(pubs[0])
+	}
+	restarted := key != nil && len(s.keys) > 0 && !s.keys[0].Equal(key)
+	if key != nil && (len(s.keys) == 0 || restarted) {
+		s.keys = append([]ed25519.PublicKey{key}, s.keys...)
 		if len(s.keys) > 2 {
 			s.keys = s.keys[:2]
 		}
@@ -419,7 +437,7 @@ func (s *SupernodeSwarm) heldTasks() []*api.HeldTask {
 		if err != nil || bm.Count() == 0 {
 			continue
 		}
-		held = append(held, &api.HeldTask{TaskId: t.ID, Bitmap: bm, Url: t.Source, Length: t.Length, BlockSize: t.BlockSize})
+		held = append(held, &api.HeldTask{TaskId: t.ID, Bitmap: bm, Url: t.Source, Tag: t.Tag, Length: t.Length, BlockSize: t.BlockSize})
 	}
 	return held
 }
@@ -477,7 +495,7 @@ func (s *SupernodeSwarm) task(id string, req Request) (*swarmTask, error) {
 		s: s, id: id, req: req, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1),
 		next: newRound(), nextFg: newRound(), sent: map[int]*round{}, fgAwait: map[int]int{}, awaited: map[int]int{}, assign: map[int]assignment{}, holders: map[int]int{}, pending: map[int]bool{},
 		excluded: map[string]bool{}, fails: map[string]int{}, loopDone: make(chan struct{}),
-		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		rng: mrand.New(mrand.NewPCG(mrand.Uint64(), mrand.Uint64())),
 	}
 	s.tasks[id] = st
 	s.wg.Add(1)
@@ -599,7 +617,7 @@ const (
 // first, so a random order does not slow it down). With w > 1 the unheld
 // blocks are only shuffled within consecutive windows of w blocks, which
 // keeps a streaming reader's order roughly sequential.
-func rarestFirst(missing []int, holders map[int]int, rng *rand.Rand, w int) []int {
+func rarestFirst(missing []int, holders map[int]int, rng *mrand.Rand, w int) []int {
 	held := make([]int, 0, len(missing))
 	var unheld []int
 	for _, b := range missing {
@@ -678,29 +696,30 @@ type swarmTask struct {
 
 	regMu sync.Mutex // serialises RegisterTask
 
-	mu         sync.Mutex
-	registered bool
-	meta       blockstore.Task
-	token      string
-	next       *round         // the next background Sync round
-	nextFg     *round         // the next foreground Sync round
-	sent       map[int]*round // awaited blocks a Sync in flight carries
-	bgRounds   int            // background Syncs in flight
-	rounds     sync.WaitGroup // Syncs in flight (the loop waits for them)
-	awaited    map[int]int    // block → number of FetchBlock calls waiting for parents
-	awaitOrder []int          // awaited blocks in arrival order
-	fgAwait    map[int]int    // block → foreground callers among them
-	assign     map[int]assignment
-	holders    map[int]int
-	pending    map[int]bool // wanted blocks the seed had not fetched yet at the last answer
-	have       []int32
-	results    []*api.BlockResult
-	excluded   map[string]bool // parents that served a bad block (this task)
-	fails      map[string]int  // consecutive failures per parent
-	typical    time.Duration   // moving average of successful block fetches
-	seedError  string
-	rng        *rand.Rand
-	loopDone   chan struct{}
+	mu                        sync.Mutex
+	registered                bool
+	meta                      blockstore.Task
+	token                     string
+	tokenIssued, tokenExpires time.Time
+	next                      *round         // the next background Sync round
+	nextFg                    *round         // the next foreground Sync round
+	sent                      map[int]*round // awaited blocks a Sync in flight carries
+	bgRounds                  int            // background Syncs in flight
+	rounds                    sync.WaitGroup // Syncs in flight (the loop waits for them)
+	awaited                   map[int]int    // block → number of FetchBlock calls waiting for parents
+	awaitOrder                []int          // awaited blocks in arrival order
+	fgAwait                   map[int]int    // block → foreground callers among them
+	assign                    map[int]assignment
+	holders                   map[int]int
+	pending                   map[int]bool // wanted blocks the seed had not fetched yet at the last answer
+	have                      []int32
+	results                   []*api.BlockResult
+	excluded                  map[string]bool // parents that served a bad block (this task)
+	fails                     map[string]int  // consecutive failures per parent
+	typical                   time.Duration   // moving average of successful block fetches
+	seedError                 string
+	rng                       *mrand.Rand
+	loopDone                  chan struct{}
 }
 
 func (st *swarmTask) markUnregistered() {
@@ -722,7 +741,7 @@ func (st *swarmTask) register(ctx context.Context) (blockstore.Task, error) {
 	st.regMu.Lock()
 	defer st.regMu.Unlock()
 	s := st.s
-	req := &api.RegisterTaskRequest{HostId: s.cfg.HostID, TaskId: st.id, Url: st.req.URL, Digest: st.req.Digest}
+	req := &api.RegisterTaskRequest{HostId: s.cfg.HostID, TaskId: st.id, Url: st.req.URL, Tag: st.req.Tag, Digest: st.req.Digest}
 	for name, vs := range st.req.Header {
 		for _, v := range vs {
 			req.Headers = append(req.Headers, &api.Header{Name: name, Value: v})
@@ -770,6 +789,7 @@ func (st *swarmTask) register(ctx context.Context) (blockstore.Task, error) {
 	}
 	st.mu.Lock()
 	st.registered, st.meta, st.token, st.seedError = true, meta, resp.GetToken(), ""
+	st.tokenIssued, st.tokenExpires = time.Now(), time.Unix(resp.GetTokenExpiresUnix(), 0)
 	st.mu.Unlock()
 	return meta, nil
 }
@@ -785,20 +805,26 @@ func (st *swarmTask) ensureRegistered(ctx context.Context) error {
 	return err
 }
 
-// tokenFor returns the token to present to parents.
+// tokenFor returns the token to present to parents: the one the supernode
+// issued to this host. Past three quarters of its life the task registers
+// again (in the background, through the Sync loop) for a fresh one.
 func (st *swarmTask) tokenFor() string {
-	st.s.mu.Lock()
-	var key []byte
-	if len(st.s.keys) > 0 {
-		key = st.s.keys[0]
-	}
-	st.s.mu.Unlock()
-	if key != nil {
-		return api.TaskToken(key, st.id)
-	}
 	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.token
+	tok, refresh := st.token, st.registered && tokenDue(st.tokenIssued, st.tokenExpires, time.Now())
+	st.mu.Unlock()
+	if refresh {
+		st.markUnregistered()
+	}
+	return tok
+}
+
+// tokenDue reports whether a token issued at issued and expiring at expires
+// should be renewed at now (past three quarters of its life).
+func tokenDue(issued, expires, now time.Time) bool {
+	if expires.IsZero() || !expires.After(issued) {
+		return false
+	}
+	return now.After(issued.Add(expires.Sub(issued) * 3 / 4))
 }
 
 func (st *swarmTask) stored(idx int) {

@@ -2,6 +2,7 @@ package peer
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -27,7 +29,7 @@ type fakeScheduler struct {
 	api.UnimplementedSchedulerServer
 
 	mu       sync.Mutex
-	key      []byte
+	key      ed25519.PrivateKey
 	hosts    map[string]*api.Host
 	tasks    map[string]*fakeTask
 	announce []*api.AnnounceRequest
@@ -47,8 +49,7 @@ type fakeTask struct {
 
 func newFakeScheduler() *fakeScheduler {
 	f := &fakeScheduler{hosts: map[string]*api.Host{}, tasks: map[string]*fakeTask{}, blocked: map[string]bool{}}
-	f.key = make([]byte, 32)
-	_, _ = rand.Read(f.key)
+	_, f.key, _ = ed25519.GenerateKey(rand.Reader)
 	return f
 }
 
@@ -57,8 +58,7 @@ func newFakeScheduler() *fakeScheduler {
 func (f *fakeScheduler) restart() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.key = make([]byte, 32)
-	_, _ = rand.Read(f.key)
+	_, f.key, _ = ed25519.GenerateKey(rand.Reader)
 	f.hosts = map[string]*api.Host{"seed": f.hosts["seed"]}
 	for _, t := range f.tasks {
 		for h := range t.holders {
@@ -79,7 +79,7 @@ func (f *fakeScheduler) Announce(_ context.Context, r *api.AnnounceRequest) (*ap
 			t.holders[r.GetHost().GetId()] = blockstore.Bitmap(h.GetBitmap()).Clone()
 		}
 	}
-	return &api.AnnounceResponse{HeartbeatIntervalMs: 100, TokenKey: f.key}, nil
+	return &api.AnnounceResponse{HeartbeatIntervalMs: 100, TokenPublicKeys: [][]byte{f.key.Public().(ed25519.PublicKey)}}, nil
 }
 
 func (f *fakeScheduler) RegisterTask(_ context.Context, r *api.RegisterTaskRequest) (*api.RegisterTaskResponse, error) {
@@ -95,7 +95,13 @@ func (f *fakeScheduler) RegisterTask(_ context.Context, r *api.RegisterTaskReque
 	if len(r.GetBitmap()) > 0 {
 		t.holders[r.GetHostId()] = blockstore.Bitmap(r.GetBitmap()).Clone()
 	}
-	return &api.RegisterTaskResponse{Meta: t.meta, Token: api.TaskToken(f.key, r.GetTaskId())}, nil
+	tok := f.token(r.GetTaskId(), r.GetHostId(), time.Now().Add(time.Hour))
+	return &api.RegisterTaskResponse{Meta: t.meta, Token: tok, TokenExpiresUnix: time.Now().Add(time.Hour).Unix()}, nil
+}
+
+// token signs a task token with the fake supernode's key (caller holds f.mu).
+func (f *fakeScheduler) token(task, host string, exp time.Time) string {
+	return api.SignToken(f.key, api.TokenClaims{Task: task, Host: host, Expires: exp})
 }
 
 func (f *fakeScheduler) Sync(ctx context.Context, r *api.SyncRequest) (*api.SyncResponse, error) {
@@ -270,8 +276,9 @@ func newSeedFixture(t testing.TB, size int64) *seedFixture {
 // fakeTokens checks tokens with the fake scheduler's current key.
 type fakeTokens struct{ f *fakeScheduler }
 
-func (ft fakeTokens) ValidToken(task, token string) bool {
+func (ft fakeTokens) CheckToken(task, token string) error {
 	ft.f.mu.Lock()
 	defer ft.f.mu.Unlock()
-	return api.TaskToken(ft.f.key, task) == token
+	_, err := api.VerifyToken([]ed25519.PublicKey{ft.f.key.Public().(ed25519.PublicKey)}, token, task, time.Now())
+	return err
 }

@@ -2,8 +2,11 @@ package peer
 
 import (
 	"context"
+	"crypto/ed25519"
+	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -296,12 +299,12 @@ func TestSwarmReannouncesAfterSupernodeRestart(t *testing.T) {
 	for {
 		fx.sched.mu.Lock()
 		bm, ok := fx.sched.tasks[fx.taskID].holders["A"]
-		key := fx.sched.key
+		tok := fx.sched.token(fx.taskID, "B", time.Now().Add(time.Hour))
 		fx.sched.mu.Unlock()
 		if ok && bm.Count() == 2 {
 			// The upload server accepts tokens under the new key too.
-			if !a.swarm.ValidToken(fx.taskID, api.TaskToken(key, fx.taskID)) {
-				t.Fatal("upload server rejects tokens of the restarted supernode")
+			if err := a.swarm.CheckToken(fx.taskID, tok); err != nil {
+				t.Fatalf("upload server rejects tokens of the restarted supernode: %v", err)
 			}
 			return
 		}
@@ -314,21 +317,47 @@ func TestSwarmReannouncesAfterSupernodeRestart(t *testing.T) {
 
 func TestSwarmTokens(t *testing.T) {
 	s := &SupernodeSwarm{}
-	if s.ValidToken("t", api.TaskToken(nil, "t")) {
+	_, kNew, _ := ed25519.GenerateKey(crand.Reader)
+	_, kOld, _ := ed25519.GenerateKey(crand.Reader)
+	_, kOther, _ := ed25519.GenerateKey(crand.Reader)
+	exp := time.Now().Add(time.Hour)
+	sign := func(k ed25519.PrivateKey, task string, exp time.Time) string {
+		return api.SignToken(k, api.TokenClaims{Task: task, Host: "h", Expires: exp})
+	}
+	if err := s.CheckToken("t", sign(kNew, "t", exp)); err == nil {
 		t.Fatal("a swarm without keys accepted a token")
 	}
-	s.keys = [][]byte{[]byte("new"), []byte("old")}
+	s.keys = []ed25519.PublicKey{kNew.Public().(ed25519.PublicKey), kOld.Public().(ed25519.PublicKey)}
 	for _, tc := range []struct {
-		key, task, check string
-		want             bool
+		name, token, check string
+		want               error
 	}{
-		{"new", "t1", "t1", true},
-		{"old", "t1", "t1", true},
-		{"other", "t1", "t1", false},
-		{"new", "t1", "t2", false},
+		{"current key", sign(kNew, "t1", exp), "t1", nil},
+		{"previous key", sign(kOld, "t1", exp), "t1", nil},
+		{"unknown key", sign(kOther, "t1", exp), "t1", api.ErrTokenSignature},
+		{"other task", sign(kNew, "t1", exp), "t2", api.ErrTokenTask},
+		{"expired", sign(kNew, "t1", time.Now().Add(-time.Minute)), "t1", api.ErrTokenExpired},
+		{"missing", "", "t1", api.ErrTokenMissing},
 	} {
-		if got := s.ValidToken(tc.check, api.TaskToken([]byte(tc.key), tc.task)); got != tc.want {
-			t.Errorf("token of %s under key %s checked for %s: %v, want %v", tc.task, tc.key, tc.check, got, tc.want)
+		if err := s.CheckToken(tc.check, tc.token); !errors.Is(err, tc.want) {
+			t.Errorf("%s: CheckToken = %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestTokenDue(t *testing.T) {
+	at := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		issued, expires, now time.Time
+		want                 bool
+	}{
+		{at, at.Add(time.Hour), at.Add(30 * time.Minute), false},
+		{at, at.Add(time.Hour), at.Add(46 * time.Minute), true},
+		{at, time.Time{}, at.Add(99 * time.Hour), false}, // no expiry known
+		{at, at, at.Add(time.Hour), false},
+	} {
+		if got := tokenDue(tc.issued, tc.expires, tc.now); got != tc.want {
+			t.Errorf("tokenDue(%v, %v, %v) = %v, want %v", tc.issued, tc.expires, tc.now, got, tc.want)
 		}
 	}
 }

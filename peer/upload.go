@@ -25,23 +25,26 @@ import (
 // holds and has verified over plain HTTP:
 //
 //	GET /blocks/{task_id}/{index}
-//	X-Dfly-Token: hex(HMAC-SHA256(token_key, task_id))   (token_key comes from the supernode)
+//	X-Dfly-Token: a task token the supernode signed (api.SignToken: task, host, expiry)
 //	Range: optional
 //
 // Answers: 200/206 with the block's bytes and X-Dfly-Digest (sha256 hex);
 // 404 when the block is not held (or failed verification on read); 403 on
-// a bad token; 429 when more than MaxUploads uploads are in flight.
+// a missing, forged, expired or another task's token (the body says which);
+// 429 when more than MaxUploads uploads are in flight.
 
 // TokenChecker decides whether a block request's token is valid for a task.
-// *SupernodeSwarm implements it with the keys the supernode handed out.
+// *SupernodeSwarm implements it with the public keys the supernode handed
+// out (it can verify tokens, never mint them).
 type TokenChecker interface {
-	ValidToken(taskID, token string) bool
+	CheckToken(taskID, token string) error
 }
 
 // UploadConfig configures an UploadServer.
 type UploadConfig struct {
 	Store *blockstore.Store
-	// Tokens checks X-Dfly-Token; nil accepts every request (tests, trusted networks).
+	// Tokens checks X-Dfly-Token; nil refuses every request (without a
+	// supernode nobody holds a token for this host's blocks).
 	Tokens TokenChecker
 	// Rate caps the host's total upload in bytes/s; 0 = unlimited.
 	Rate int64
@@ -141,6 +144,13 @@ func parseBlockPath(p string) (task string, idx int, ok bool) {
 	return task, n, true
 }
 
+func (u *UploadServer) checkToken(task, token string) error {
+	if u.cfg.Tokens == nil {
+		return errors.New("this host is not in a swarm: it serves blocks to nobody")
+	}
+	return u.cfg.Tokens.CheckToken(task, token)
+}
+
 // ServeHTTP implements the block endpoint.
 func (u *UploadServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -152,9 +162,9 @@ func (u *UploadServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "want /blocks/{task}/{index}", http.StatusNotFound)
 		return
 	}
-	if u.cfg.Tokens != nil && !u.cfg.Tokens.ValidToken(task, r.Header.Get(api.TokenHeader)) {
+	if err := u.checkToken(task, r.Header.Get(api.TokenHeader)); err != nil {
 		u.forbidden.Add(1)
-		http.Error(w, "missing or invalid "+api.TokenHeader+" for this task", http.StatusForbidden)
+		http.Error(w, "refused: "+err.Error(), http.StatusForbidden)
 		return
 	}
 	if n := u.inflight.Add(1); int(n) > u.cfg.MaxUploads {

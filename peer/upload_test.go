@@ -3,6 +3,8 @@ package peer
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/supernode/api"
@@ -39,9 +42,22 @@ func TestParseBlockPath(t *testing.T) {
 	}
 }
 
-type keyTokens []byte
+// keyTokens signs and checks task tokens as a supernode and a swarm would.
+type keyTokens struct{ key ed25519.PrivateKey }
 
-func (k keyTokens) ValidToken(task, token string) bool { return api.TaskToken(k, task) == token }
+func newKeyTokens() keyTokens {
+	_, k, _ := ed25519.GenerateKey(rand.Reader)
+	return keyTokens{k}
+}
+
+func (k keyTokens) token(task string, ttl time.Duration) string {
+	return api.SignToken(k.key, api.TokenClaims{Task: task, Host: "requester", Expires: time.Now().Add(ttl)})
+}
+
+func (k keyTokens) CheckToken(task, token string) error {
+	_, err := api.VerifyToken([]ed25519.PublicKey{k.key.Public().(ed25519.PublicKey)}, token, task, time.Now())
+	return err
+}
 
 // uploadFixture is a store with one task of 3 blocks of 1 MiB where blocks 0 and 2 are present.
 func uploadFixture(t *testing.T) (*blockstore.Store, [][]byte) {
@@ -91,11 +107,11 @@ func get(t *testing.T, url, token, rng string) (*http.Response, []byte) {
 
 func TestUploadServer(t *testing.T) {
 	st, blocks := uploadFixture(t)
-	key := keyTokens("secret")
+	key := newKeyTokens()
 	u := NewUploadServer(UploadConfig{Store: st, Tokens: key, Logger: quietLogger()})
 	srv := httptest.NewServer(u)
 	defer srv.Close()
-	tok := api.TaskToken(key, "task")
+	tok := key.token("task", time.Hour)
 
 	resp, body := get(t, srv.URL+"/blocks/task/2", tok, "")
 	sum := sha256.Sum256(blocks[2])
@@ -111,9 +127,11 @@ func TestUploadServer(t *testing.T) {
 		want              int
 	}{
 		{"missing block", "/blocks/task/1", tok, 404},
-		{"unknown task", "/blocks/other/0", api.TaskToken(key, "other"), 404},
+		{"unknown task", "/blocks/other/0", key.token("other", time.Hour), 404},
 		{"no token", "/blocks/task/0", "", 403},
-		{"token of another task", "/blocks/task/0", api.TaskToken(key, "other"), 403},
+		{"token of another task", "/blocks/task/0", key.token("other", time.Hour), 403},
+		{"expired token", "/blocks/task/0", key.token("task", -time.Second), 403},
+		{"token of another supernode", "/blocks/task/0", newKeyTokens().token("task", time.Hour), 403},
 		{"bad path", "/nope", tok, 404},
 	} {
 		if resp, _ := get(t, srv.URL+tc.path, tc.token, ""); resp.StatusCode != tc.want {
@@ -121,8 +139,20 @@ func TestUploadServer(t *testing.T) {
 		}
 	}
 	s := u.Stats()
-	if s.BytesServed != 1<<20+5 || s.Blocks != 2 || s.Forbidden != 2 || s.NotFound != 2 || s.InFlight != 0 {
+	if s.BytesServed != 1<<20+5 || s.Blocks != 2 || s.Forbidden != 4 || s.NotFound != 2 || s.InFlight != 0 {
 		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestUploadServerWithoutSwarm: a host that is in no swarm has issued no
+// tokens, so it serves nothing (before, a nil checker accepted anyone).
+func TestUploadServerWithoutSwarm(t *testing.T) {
+	st, _ := uploadFixture(t)
+	srv := httptest.NewServer(NewUploadServer(UploadConfig{Store: st, Logger: quietLogger()}))
+	defer srv.Close()
+	resp, body := get(t, srv.URL+"/blocks/task/0", newKeyTokens().token("task", time.Hour), "")
+	if resp.StatusCode != http.StatusForbidden || !bytes.Contains(body, []byte("not in a swarm")) {
+		t.Fatalf("HTTP %d %q, want 403 saying the host is in no swarm", resp.StatusCode, body)
 	}
 }
 
@@ -134,18 +164,20 @@ func TestUploadServerRefusesCorruptStoredBlock(t *testing.T) {
 	if err := st.SetBlockDigest("task", 0, bad[:]); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(NewUploadServer(UploadConfig{Store: st, Logger: quietLogger()}))
+	key := newKeyTokens()
+	srv := httptest.NewServer(NewUploadServer(UploadConfig{Store: st, Tokens: key, Logger: quietLogger()}))
 	defer srv.Close()
-	if resp, _ := get(t, srv.URL+"/blocks/task/0", "", ""); resp.StatusCode != 404 {
+	if resp, _ := get(t, srv.URL+"/blocks/task/0", key.token("task", time.Hour), ""); resp.StatusCode != 404 {
 		t.Fatalf("HTTP %d for a block that no longer verifies, want 404", resp.StatusCode)
 	}
 }
 
 func TestUploadServerCorruptHook(t *testing.T) {
 	st, blocks := uploadFixture(t)
-	srv := httptest.NewServer(NewUploadServer(UploadConfig{Store: st, CorruptUploads: true, Logger: quietLogger()}))
+	key := newKeyTokens()
+	srv := httptest.NewServer(NewUploadServer(UploadConfig{Store: st, Tokens: key, CorruptUploads: true, Logger: quietLogger()}))
 	defer srv.Close()
-	resp, body := get(t, srv.URL+"/blocks/task/0", "", "")
+	resp, body := get(t, srv.URL+"/blocks/task/0", key.token("task", time.Hour), "")
 	if resp.StatusCode != 200 || len(body) != len(blocks[0]) || bytes.Equal(body, blocks[0]) {
 		t.Fatalf("corrupt hook: HTTP %d, %d bytes, equal=%v; want the right length with wrong bytes", resp.StatusCode, len(body), bytes.Equal(body, blocks[0]))
 	}
@@ -155,7 +187,8 @@ func TestUploadServerConcurrencyCap(t *testing.T) {
 	st, _ := uploadFixture(t)
 	// 64 KiB/s: a 1 MiB block takes ~16s, so the first upload is still in
 	// flight when the second request arrives.
-	u := NewUploadServer(UploadConfig{Store: st, MaxUploads: 1, Rate: 64 << 10, Logger: quietLogger()})
+	key := newKeyTokens()
+	u := NewUploadServer(UploadConfig{Store: st, Tokens: key, MaxUploads: 1, Rate: 64 << 10, Logger: quietLogger()})
 	srv := httptest.NewServer(u)
 	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -165,6 +198,7 @@ func TestUploadServerConcurrencyCap(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/blocks/task/0", nil)
+		req.Header.Set(api.TokenHeader, key.token("task", time.Hour))
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			close(started)
@@ -175,7 +209,7 @@ func TestUploadServerConcurrencyCap(t *testing.T) {
 		}
 	}()
 	<-started
-	resp, _ := get(t, srv.URL+"/blocks/task/2", "", "")
+	resp, _ := get(t, srv.URL+"/blocks/task/2", key.token("task", time.Hour), "")
 	cancel()
 	wg.Wait()
 	if resp.StatusCode != http.StatusTooManyRequests {

@@ -135,6 +135,9 @@ type TaskInfo struct {
 // NumBlocks is the task's block count.
 func (t TaskInfo) NumBlocks() int { return blockstore.NumBlocks(t.Length, t.BlockSize) }
 
+// BlockLen is the length of block idx.
+func (t TaskInfo) BlockLen(idx int) int64 { return blockstore.BlockLen(t.Length, t.BlockSize, idx) }
+
 // Result is one fetch outcome reported by a requester about a parent.
 type Result struct {
 	Block     int
@@ -185,14 +188,15 @@ type holding struct {
 type task struct {
 	TaskInfo
 	n        int
-	holdings map[string]*holding    // by host id
-	lists    [][]*holding           // per block: holdings that (may) hold it
-	stale    []int                  // per block: entries of lists known to be stale
-	rot      []uint32               // per block: rotating scan offset
-	blocked  map[string]bool        // hosts blocked for this task
-	used     time.Time              // last time a peer asked about or announced it
-	inflight [][]flight             // per block: recent assignments without a result yet
-	crossIn  map[string][]time.Time // per idc: starts of assignments from a parent in another idc, oldest first
+	holdings map[string]*holding        // by host id
+	lists    [][]*holding               // per block: holdings that (may) hold it
+	stale    []int                      // per block: entries of lists known to be stale
+	rot      []uint32                   // per block: rotating scan offset
+	blocked  map[string]bool            // hosts blocked for this task
+	excluded map[string]map[string]bool // requester → parents it reported for a bad block
+	used     time.Time                  // last time a peer asked about or announced it
+	inflight [][]flight                 // per block: recent assignments without a result yet
+	crossIn  map[string][]time.Time     // per idc: starts of assignments from a parent in another idc, oldest first
 }
 
 // flight is an assignment of a block to a requester, until its result.
@@ -252,6 +256,17 @@ func (s *Scheduler) Touch(hostID string) bool {
 		h.lastSeen = s.cfg.Now()
 	}
 	return ok
+}
+
+// Host returns what is known of a host.
+func (s *Scheduler) Host(hostID string) (HostInfo, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.hosts[hostID]
+	if !ok {
+		return HostInfo{}, false
+	}
+	return h.HostInfo, true
 }
 
 // HasHost reports whether the host is known.
@@ -535,8 +550,8 @@ func (s *Scheduler) expiredLocked(h *host, now time.Time) bool {
 
 // Report applies fetch results reported by requester for a task: parent
 // history (throughput, failures), load release, and isolation — a parent
-// reported for a bad digest is blocked for the task at once (the seed is
-// never blocked: its blocks are the reference).
+// reported for a bad digest is never assigned to that requester again for
+// the task (see Block for isolating it from everyone).
 func (s *Scheduler) Report(taskID, requester string, results []Result) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -574,12 +589,46 @@ func (s *Scheduler) Report(taskID, requester string, results []Result) {
 		p.consecFail++
 		p.failRate = alpha + (1-alpha)*p.failRate
 		if r.BadDigest && t != nil && !p.IsSeed {
-			t.blocked[p.ID] = true
-			if hd, ok := t.holdings[p.ID]; ok {
-				s.removeHoldingLocked(t, hd)
+			// The reporter never gets this parent again for the task. A
+			// report alone blocks nobody for everyone (any host can send
+			// one): the supernode checks the block itself and calls Block.
+			if t.excluded == nil {
+				t.excluded = map[string]map[string]bool{}
 			}
+			if t.excluded[requester] == nil {
+				t.excluded[requester] = map[string]bool{}
+			}
+			t.excluded[requester][p.ID] = true
 		}
 	}
+}
+
+// Block isolates a host for a task: it is never a parent of the task again
+// and what it announces of it is ignored (the seed is never blocked: its
+// blocks are the reference). Called once a bad block from the host has
+// been confirmed.
+func (s *Scheduler) Block(taskID, hostID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tasks[taskID]
+	if !ok {
+		return
+	}
+	if h, ok := s.hosts[hostID]; ok && h.IsSeed {
+		return
+	}
+	t.blocked[hostID] = true
+	if hd, ok := t.holdings[hostID]; ok {
+		s.removeHoldingLocked(t, hd)
+	}
+}
+
+// Excluded reports whether requester reported parent for a bad block of the task.
+func (s *Scheduler) Excluded(taskID, requester, parent string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tasks[taskID]
+	return ok && t.excluded[requester][parent]
 }
 
 // Blocked reports whether a host is blocked for a task.
@@ -875,7 +924,7 @@ func (s *Scheduler) rankLocked(t *task, r *host, b int, norm float64, now time.T
 	eligible := 0
 	for i := 0; i < n && eligible < s.cfg.ScanLimit; i++ {
 		hd := list[(start+i)%n]
-		if hd.host == r || !s.eligibleLocked(t, hd, b, now) {
+		if hd.host == r || !s.eligibleLocked(t, hd, b, now) || (t.excluded != nil && t.excluded[r.ID][hd.host.ID]) {
 			continue
 		}
 		eligible++

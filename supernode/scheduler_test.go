@@ -268,6 +268,31 @@ func TestAssignOnlyKnownDigestsAndHeldBlocks(t *testing.T) {
 	}
 }
 
+func TestBlock(t *testing.T) {
+	s, _ := newTestScheduler(t, SchedulerConfig{})
+	addHost(t, s, HostInfo{ID: "seed", IsSeed: true}, all(8)...)
+	addHost(t, s, HostInfo{ID: "liar"}, all(8)...)
+	addHost(t, s, HostInfo{ID: "r1"})
+	addHost(t, s, HostInfo{ID: "r2"})
+	s.Report(testTask, "r1", []Result{{Block: 0, ParentID: "liar", BadDigest: true}})
+	if !s.Excluded(testTask, "r1", "liar") || s.Excluded(testTask, "r2", "liar") || s.Blocked(testTask, "liar") {
+		t.Fatal("a report must exclude the parent for its reporter only")
+	}
+	as, _ := s.Assign(testTask, "r2", []int{0}, nil, 0)
+	if got := parentIDs(as[0]); !slices.Equal(got, []string{"liar", "seed"}) {
+		t.Fatalf("r2's parents %v: an unconfirmed report must not isolate the parent", got)
+	}
+	s.Block(testTask, "liar")
+	s.Block(testTask, "seed")
+	if !s.Blocked(testTask, "liar") || s.Blocked(testTask, "seed") {
+		t.Fatal("Block: the liar must be blocked, the seed never")
+	}
+	as, _ = s.Assign(testTask, "r2", []int{0}, nil, 0)
+	if got := parentIDs(as[0]); !slices.Equal(got, []string{"seed"}) {
+		t.Fatalf("r2's parents after Block %v, want [seed]", got)
+	}
+}
+
 func TestIsolation(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -276,10 +301,12 @@ func TestIsolation(t *testing.T) {
 		blocked bool     // "liar" blocked for the task
 	}{
 		{
-			name:    "bad digest blocks at once",
+			// A report is only the reporter's word: it avoids the parent;
+			// blocking for everyone waits for the supernode's own check
+			// (TestBlock, TestBadBlockReports).
+			name:    "bad digest: the reporter avoids the parent",
 			results: []Result{{Block: 0, ParentID: "liar", BadDigest: true}},
 			want:    []string{"good", "seed"},
-			blocked: true,
 		},
 		{
 			name:    "one plain failure changes little",

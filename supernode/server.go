@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/source"
 	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
@@ -39,8 +41,62 @@ func (v *service) Announce(_ context.Context, req *api.AnnounceRequest) (*api.An
 	}
 	return &api.AnnounceResponse{
 		HeartbeatIntervalMs: sched.Config().HeartbeatInterval.Milliseconds(),
-		TokenKey:            v.sn.key,
+		TokenPublicKeys:     [][]byte{v.sn.TokenPublicKey()},
 	}, nil
+}
+
+// registeredID returns the task id a registration names. A task id is
+// never taken from the caller as it is: whoever could pick the id of a URL
+// could have the seed fill it with other content. Accepted: the id derived
+// from url + tag (TaskIDForURL), or from the digest (TaskIDForDigest; the
+// seed checks the content against it); an empty taskID means the digest's
+// id when a digest is given, else the URL's.
+func registeredID(taskID, url, tag, digest string) (string, error) {
+	urlID, uerr := blockstore.TaskIDForURL(url, tag, "")
+	var digestID string
+	if digest != "" {
+		var err error
+		if digestID, err = blockstore.TaskIDForDigest(digest); err != nil {
+			return "", status.Errorf(codes.InvalidArgument, "register task: %v", err)
+		}
+	}
+	switch {
+	case taskID == "" && digestID != "":
+		return digestID, nil
+	case taskID == "" && uerr == nil:
+		return urlID, nil
+	case taskID == "":
+		return "", status.Errorf(codes.InvalidArgument, "register task: derive a task id: %v", uerr)
+	case (uerr == nil && taskID == urlID) || (digestID != "" && taskID == digestID):
+		return taskID, nil
+	}
+	want := urlID
+	if digestID != "" {
+		want = digestID
+	}
+	return "", status.Errorf(codes.InvalidArgument,
+		"register task: task_id %q does not name this content (url, tag and digest give %q); leave task_id empty or send the derived one", taskID, want)
+}
+
+// consistentID reports whether id names the content of url + tag (or is
+// content-addressed, so that the content is checked against the digest the
+// id carries).
+func consistentID(id, url, tag string) bool {
+	if d, ok := digestOfID(id); ok {
+		_, err := blockstore.TaskIDForDigest(d)
+		return err == nil
+	}
+	want, err := blockstore.TaskIDForURL(url, tag, "")
+	return err == nil && want == id
+}
+
+// digestOfID returns the digest of a content-addressed task id ("sha256-HEX").
+func digestOfID(id string) (string, bool) {
+	algo, hexsum, ok := strings.Cut(id, "-")
+	if !ok {
+		return "", false
+	}
+	return algo + ":" + hexsum, true
 }
 
 // applyHeld records a held task announced by a host. A task unknown to the
@@ -49,6 +105,10 @@ func (v *service) Announce(_ context.Context, req *api.AnnounceRequest) (*api.An
 func (v *service) applyHeld(hostID string, held *api.HeldTask) {
 	sched := v.sn.sched
 	id := held.GetTaskId()
+	if !consistentID(id, held.GetUrl(), held.GetTag()) {
+		v.sn.log.Warn("host announced a task whose id does not match its URL; ignored", "host", hostID, "task", id)
+		return
+	}
 	if t, ok := sched.Task(id); ok {
 		if held.GetLength() != 0 && (t.Length != held.GetLength() || t.BlockSize != held.GetBlockSize()) {
 			v.sn.log.Warn("host announced a task with another shape; ignored", "host", hostID, "task", id,
@@ -87,27 +147,30 @@ func (v *service) RegisterTask(ctx context.Context, req *api.RegisterTaskRequest
 	if req.GetUrl() == "" {
 		return nil, status.Error(codes.InvalidArgument, "register task: url is required (the seed fetches it from there)")
 	}
-	id := req.GetTaskId()
-	if id == "" {
-		var err error
-		if req.GetDigest() != "" {
-			id, err = blockstore.TaskIDForDigest(req.GetDigest())
-		} else {
-			id, err = blockstore.TaskIDForURL(req.GetUrl(), "", "")
-		}
-		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "register task: derive a task id: %v", err)
-		}
+	id, err := registeredID(req.GetTaskId(), req.GetUrl(), req.GetTag(), req.GetDigest())
+	if err != nil {
+		return nil, err
 	}
 	hdr := http.Header{}
 	for _, h := range req.GetHeaders() {
 		hdr.Add(h.GetName(), h.GetValue())
 	}
-	resp := &api.RegisterTaskResponse{Token: api.TaskToken(v.sn.key, id)}
 	meta, err := v.sn.seed.Ensure(ctx, SeedRequest{TaskID: id, URL: req.GetUrl(), Header: hdr, Digest: req.GetDigest()})
 	if ctx.Err() != nil {
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
+	if meta.ID != "" && (meta.Private || source.Sensitive(hdr)) {
+		// Private content (fetched with credentials): a token only for a
+		// host whose own credentials the origin accepts for this content.
+		if aerr := v.checkAccess(ctx, req.GetUrl(), hdr, meta); aerr != nil {
+			v.sn.log.Info("refused a private task to a host the origin did not accept", "host", req.GetHostId(), "task", id, "err", aerr)
+			return nil, status.Errorf(codes.PermissionDenied, "register task %s: the content is private and the origin did not accept this host's credentials for it: %v", id, aerr)
+		}
+	}
+	resp := &api.RegisterTaskResponse{}
+	var exp time.Time
+	resp.Token, exp = v.sn.IssueToken(id, req.GetHostId())
+	resp.TokenExpiresUnix = exp.Unix()
 	resp.Meta = &api.TaskMeta{TaskId: id, Url: req.GetUrl()}
 	if meta.ID != "" {
 		resp.Meta = &api.TaskMeta{TaskId: id, Length: meta.Length, BlockSize: meta.BlockSize, Digest: meta.Digest,
@@ -127,6 +190,19 @@ func (v *service) RegisterTask(ctx context.Context, req *api.RegisterTaskRequest
 		resp.Meta.SeedError = err.Error()
 	}
 	return resp, nil
+}
+
+// accessChecker is the seed's check of a registrant's credentials.
+type accessChecker interface {
+	CheckAccess(ctx context.Context, url string, h http.Header, meta blockstore.Task) error
+}
+
+func (v *service) checkAccess(ctx context.Context, url string, h http.Header, meta blockstore.Task) error {
+	c, ok := any(v.sn.seed).(accessChecker)
+	if !ok {
+		return errors.New("this supernode cannot check access to private content")
+	}
+	return c.CheckAccess(ctx, url, h, meta)
 }
 
 func (v *service) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncResponse, error) {
@@ -150,11 +226,14 @@ func (v *service) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncResp
 		for _, r := range req.GetResults() {
 			results = append(results, Result{Block: int(r.GetBlock()), ParentID: r.GetParentId(), OK: r.GetOk(), BadDigest: r.GetBadDigest(),
 				Bytes: r.GetBytes(), Duration: time.Duration(r.GetDurationUs()) * time.Microsecond})
-			if r.GetBadDigest() {
-				v.sn.log.Warn("host reported a bad block; parent blocked for the task", "task", id, "reporter", hostID, "parent", r.GetParentId(), "block", r.GetBlock())
-			}
 		}
 		sched.Report(id, hostID, results)
+		for _, r := range req.GetResults() {
+			if r.GetBadDigest() && r.GetParentId() != v.sn.cfg.SeedID && r.GetParentId() != hostID {
+				v.sn.log.Warn("host reported a bad block; checking it", "task", id, "reporter", hostID, "parent", r.GetParentId(), "block", r.GetBlock())
+				v.sn.checks.report(id, hostID, r.GetParentId(), int(r.GetBlock()))
+			}
+		}
 	}
 	if have := req.GetHave(); len(have) > 0 {
 		blocks := make([]int, len(have))
@@ -235,5 +314,8 @@ func (v *service) Leave(_ context.Context, req *api.LeaveRequest) (*api.LeaveRes
 		return nil, status.Error(codes.InvalidArgument, "leave: host_id is required")
 	}
 	v.sn.sched.Leave(req.GetHostId(), req.GetTaskId())
+	if req.GetTaskId() == "" {
+		v.sn.auth.forget(req.GetHostId())
+	}
 	return &api.LeaveResponse{}, nil
 }

@@ -3,6 +3,8 @@ package supernode
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/dfly-p2p/dfly/blockstore"
@@ -36,9 +39,23 @@ func startSupernode(t *testing.T, dir string, sc SchedulerConfig) *Supernode {
 	return sn
 }
 
+// dial connects as a process whose host secret is random: every host id
+// used through the connection is bound to it.
 func dial(t *testing.T, sn *Supernode) api.SchedulerClient {
 	t.Helper()
-	cc, err := grpc.NewClient(sn.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return dialAs(t, sn, rand.Text())
+}
+
+// dialAs connects with a given host secret ("" sends none).
+func dialAs(t *testing.T, sn *Supernode, secret string) api.SchedulerClient {
+	t.Helper()
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if secret != "" {
+		opts = append(opts, grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
+			return invoker(metadata.AppendToOutgoingContext(ctx, api.HostSecretMetadata, secret), method, req, reply, cc, o...)
+		}))
+	}
+	cc, err := grpc.NewClient(sn.GRPCAddr(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +96,7 @@ func (p *fakePeer) announce(full bool) *api.AnnounceResponse {
 func (p *fakePeer) register(id, url string) *api.RegisterTaskResponse {
 	p.t.Helper()
 	resp, err := p.c.RegisterTask(context.Background(), &api.RegisterTaskRequest{HostId: p.host.Id, TaskId: id, Url: url,
-		Headers: []*api.Header{{Name: "X-Test", Value: "1"}}})
+		Headers: []*api.Header{{Name: "User-Agent", Value: "dfly-test"}}})
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -175,15 +192,16 @@ func TestSupernodeControlPlane(t *testing.T) {
 
 	a := newPeer(t, c, "peer-a", "idc1")
 	ann := a.announce(true)
-	if string(ann.TokenKey) != string(sn.TokenKey()) || ann.HeartbeatIntervalMs != 2000 {
-		t.Fatalf("announce response %+v", ann)
+	if len(ann.TokenKey) != 0 || len(ann.TokenPublicKeys) != 1 || !sn.TokenPublicKey().Equal(ed25519.PublicKey(ann.TokenPublicKeys[0])) || ann.HeartbeatIntervalMs != 2000 {
+		t.Fatalf("announce response %+v: want the token public key and no secret key", ann)
 	}
 	reg := a.register(id, url)
 	if m := reg.Meta; m.Length != content.Size || m.BlockSize != 1<<20 || m.TaskId != id || m.SeedError != "" || m.Etag == "" {
 		t.Fatalf("meta %+v", m)
 	}
-	if reg.Token != api.TaskToken(sn.TokenKey(), id) {
-		t.Fatal("token is not HMAC(token_key, task_id)")
+	claims, err := api.VerifyToken([]ed25519.PublicKey{sn.TokenPublicKey()}, reg.Token, id, time.Now())
+	if err != nil || claims.Host != "peer-a" || time.Until(claims.Expires) < 50*time.Minute || reg.TokenExpiresUnix != claims.Expires.Unix() {
+		t.Fatalf("token %+v, %v: want one signed for peer-a and this task, valid for about an hour", claims, err)
 	}
 
 	// Want every block: the seed streams them; digests and the seed as parent come back.
@@ -205,7 +223,8 @@ func TestSupernodeControlPlane(t *testing.T) {
 			t.Fatalf("block %d: body/digest mismatch", b)
 		}
 	}
-	if status, _, _ := a.fetch(sn.Advertise(), id, 0, api.TaskToken([]byte("wrong key"), id)); status != http.StatusForbidden {
+	_, forger, _ := ed25519.GenerateKey(nil)
+	if status, _, _ := a.fetch(sn.Advertise(), id, 0, api.SignToken(forger, api.TokenClaims{Task: id, Host: "peer-a", Expires: time.Now().Add(time.Hour)})); status != http.StatusForbidden {
 		t.Fatalf("fetch with a forged token: HTTP %d, want 403", status)
 	}
 	// A announces what it stored; B now gets A before the seed.
@@ -221,7 +240,9 @@ func TestSupernodeControlPlane(t *testing.T) {
 		t.Fatalf("sync response %+v", resp)
 	}
 
-	// B reports A for a bad block: A is blocked for the task at once.
+	// B reports A for a bad block: B never gets A again for the task. A is
+	// not blocked for everyone on B's word: the supernode checks the block
+	// itself, and A's upload address does not answer (TestBadBlockReports).
 	b.sync(&api.SyncRequest{TaskId: id, Results: []*api.BlockResult{{Block: 3, ParentId: "peer-a", BadDigest: true, Error: "sha256 mismatch"}}})
 	resp = b.sync(&api.SyncRequest{TaskId: id, Want: []int32{3}})
 	if got := parentsOf(resp.Assignments[0]); !slices.Equal(got, []string{"seed"}) {
@@ -235,7 +256,7 @@ func TestSupernodeControlPlane(t *testing.T) {
 			ts = &st.Scheduler.Tasks[i]
 		}
 	}
-	if ts == nil || !slices.Equal(ts.Blocked, []string{"peer-a"}) || ts.Holders["seed"] != 6 || ts.Holders["peer-a"] != 0 {
+	if ts == nil || len(ts.Blocked) != 0 || ts.Holders["seed"] != 6 || ts.Holders["peer-a"] != 6 {
 		t.Fatalf("debug state task: %+v", ts)
 	}
 	if st.Seed.BytesFromOrigin != content.Size || st.Seed.Tasks[0].BytesFromOrigin != content.Size || st.Upload.BytesServed != content.Size || len(st.Seed.Tasks) != 1 || st.Seed.Tasks[0].State != SeedComplete {
@@ -248,7 +269,7 @@ func TestSupernodeControlPlane(t *testing.T) {
 	}
 
 	// Errors that tell the peer what to do.
-	_, err := c.Sync(context.Background(), &api.SyncRequest{HostId: "peer-b", TaskId: "nope"})
+	_, err = c.Sync(context.Background(), &api.SyncRequest{HostId: "peer-b", TaskId: "nope"})
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("sync of an unknown task: %v, want NotFound", err)
 	}
@@ -279,7 +300,8 @@ func TestSupernodeSeedErrorAndExpiry(t *testing.T) {
 	c := dial(t, sn)
 	p := newPeer(t, c, "p", "")
 	p.announce(false)
-	reg := p.register("t404", o.URL+"/missing")
+	id404, _ := blockstore.TaskIDForURL(o.URL+"/missing", "", "")
+	reg := p.register(id404, o.URL+"/missing")
 	if reg.Meta.SeedError == "" || reg.Meta.Length != 0 {
 		t.Fatalf("seed of a missing URL: meta %+v, want seed_error", reg.Meta)
 	}

@@ -10,6 +10,7 @@ package supernode
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,6 +57,9 @@ type Config struct {
 	SeedConcurrency int
 	// SeedID is the seed's host id in the swarm (default "seed").
 	SeedID string
+	// TokenTTL is how long a task token stays valid (default 1h); peers
+	// register again before it runs out.
+	TokenTTL time.Duration
 	// SyncWait bounds how long a Sync waits for the seed when none of the
 	// wanted blocks can be assigned yet (default 1s).
 	SyncWait time.Duration
@@ -71,7 +75,9 @@ type Supernode struct {
 	cfg    Config
 	log    *slog.Logger
 	store  *blockstore.Store
-	key    []byte
+	signer ed25519.PrivateKey // signs task tokens (StoreDir/token.key is its seed)
+	auth   *hostAuth
+	checks *accusations
 	sched  *Scheduler
 	seed   *Seed
 	upload *UploadServer
@@ -99,6 +105,9 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	if cfg.SeedID == "" {
 		cfg.SeedID = "seed"
 	}
+	if cfg.TokenTTL <= 0 {
+		cfg.TokenTTL = time.Hour
+	}
 	if cfg.SyncWait <= 0 {
 		cfg.SyncWait = time.Second
 	}
@@ -114,9 +123,11 @@ func Start(cfg Config) (_ *Supernode, err error) {
 			s.closeResources()
 		}
 	}()
-	if s.key, err = LoadOrCreateTokenKey(filepath.Join(cfg.StoreDir, "token.key")); err != nil {
+	key, err := LoadOrCreateTokenKey(filepath.Join(cfg.StoreDir, "token.key"))
+	if err != nil {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
+	s.signer = ed25519.NewKeyFromSeed(key)
 	if s.store, err = blockstore.Open(filepath.Join(cfg.StoreDir, "blocks"), blockstore.Options{Quota: cfg.Quota, DirectIO: cfg.DirectIO, Logger: cfg.Logger}); err != nil {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
@@ -131,6 +142,8 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	}
 
 	s.sched = NewScheduler(cfg.Scheduler)
+	sc := s.sched.Config()
+	s.auth = newHostAuth(time.Duration(sc.MissedHeartbeats)*sc.HeartbeatInterval, sc.Now)
 	s.seed = NewSeed(SeedConfig{
 		Store: s.store, Source: cfg.Source, Concurrency: cfg.SeedConcurrency, Logger: cfg.Logger,
 		OnMeta:    s.setSeedHolding,
@@ -140,14 +153,15 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	})
 	s.announceSeed()
 
-	s.upload = NewUploadServer(UploadConfig{Store: s.store, TokenKey: s.key, Rate: cfg.UploadRate, MaxUploads: cfg.MaxUploads, Logger: cfg.Logger,
+	s.upload = NewUploadServer(UploadConfig{Store: s.store, TokenKeys: []ed25519.PublicKey{s.TokenPublicKey()}, Rate: cfg.UploadRate, MaxUploads: cfg.MaxUploads, Logger: cfg.Logger,
 		OnCorrupt: func(id string, idx int) {
 			s.sched.RemoveBlocks(id, s.cfg.SeedID, []int{idx})
 			s.seed.Resume(id, "")
 		}})
 	s.upload.Handle("GET /debug/state", http.HandlerFunc(s.serveState))
 	s.httpSrv = &http.Server{Handler: s.upload, ReadHeaderTimeout: 10 * time.Second}
-	s.grpcSrv = grpc.NewServer()
+	s.checks = newAccusations(s)
+	s.grpcSrv = grpc.NewServer(grpc.UnaryInterceptor(s.auth.interceptor))
 	api.RegisterSchedulerServer(s.grpcSrv, &service{sn: s})
 
 	s.wg.Add(3)
@@ -235,6 +249,7 @@ func (s *Supernode) janitor() {
 			for _, id := range s.sched.Expire() {
 				s.log.Info("host expired: missed its heartbeats; dropped its holdings", "host", id)
 			}
+			s.auth.expire()
 		}
 	}
 }
@@ -254,8 +269,15 @@ func (s *Supernode) Scheduler() *Scheduler { return s.sched }
 // Store exposes the seed's block store.
 func (s *Supernode) Store() *blockstore.Store { return s.store }
 
-// TokenKey is the key that signs task tokens.
-func (s *Supernode) TokenKey() []byte { return s.key }
+// TokenPublicKey verifies the task tokens this supernode signs.
+func (s *Supernode) TokenPublicKey() ed25519.PublicKey { return s.signer.Public().(ed25519.PublicKey) }
+
+// IssueToken signs a token that lets host fetch blocks of task until it
+// expires (Config.TokenTTL from now).
+func (s *Supernode) IssueToken(task, host string) (string, time.Time) {
+	exp := time.Now().Add(s.cfg.TokenTTL)
+	return api.SignToken(s.signer, api.TokenClaims{Task: task, Host: host, Expires: exp}), exp
+}
 
 // Close stops serving (in-flight RPCs get a moment to finish), stops the
 // seed and closes the store.
@@ -281,6 +303,9 @@ func (s *Supernode) Close() error {
 			cancel()
 		}
 		s.wg.Wait()
+		if s.checks != nil {
+			s.checks.close()
+		}
 		err = s.closeResources()
 	})
 	return err

@@ -8,7 +8,8 @@ import (
 	"path/filepath"
 )
 
-// TokenKeySize is the length of the HMAC key that signs task tokens.
+// TokenKeySize is the length of the token key: the seed of the Ed25519
+// key that signs task tokens.
 const TokenKeySize = 32
 
 // LoadOrCreateTokenKey reads the token key from path, creating it with a

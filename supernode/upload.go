@@ -1,11 +1,13 @@
 package supernode
 
 import (
+	"crypto/ed25519"
 	"errors"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 
@@ -16,8 +18,9 @@ import (
 
 // UploadConfig configures the seed's upload server.
 type UploadConfig struct {
-	Store    *blockstore.Store
-	TokenKey []byte
+	Store *blockstore.Store
+	// TokenKeys verify X-Dfly-Token (api.VerifyToken); empty refuses every request.
+	TokenKeys []ed25519.PublicKey
 	// Rate caps upload bytes/s over all requests; 0 = unlimited.
 	Rate int64
 	// MaxUploads caps concurrent block uploads; more get 429 (default 64).
@@ -41,10 +44,11 @@ type UploadServer struct {
 	limiter *rate.Limiter // nil: unlimited
 	mux     *http.ServeMux
 
-	inFlight atomic.Int32
-	served   atomic.Int64
-	requests atomic.Int64
-	rejected atomic.Int64
+	inFlight  atomic.Int32
+	served    atomic.Int64
+	requests  atomic.Int64
+	rejected  atomic.Int64
+	forbidden atomic.Int64
 }
 
 // uploadChunk is the write size under rate limiting.
@@ -84,12 +88,13 @@ type UploadStats struct {
 	InFlight    int   `json:"in_flight"`
 	BytesServed int64 `json:"bytes_served"`
 	Requests    int64 `json:"requests"`
-	Rejected    int64 `json:"rejected"` // 429s
+	Rejected    int64 `json:"rejected"`       // 429s
+	Forbidden   int64 `json:"rejected_token"` // 403s: missing, forged, expired or another task's token
 }
 
 // Stats returns the counters.
 func (u *UploadServer) Stats() UploadStats {
-	return UploadStats{InFlight: u.InFlight(), BytesServed: u.served.Load(), Requests: u.requests.Load(), Rejected: u.rejected.Load()}
+	return UploadStats{InFlight: u.InFlight(), BytesServed: u.served.Load(), Requests: u.requests.Load(), Rejected: u.rejected.Load(), Forbidden: u.forbidden.Load()}
 }
 
 func (u *UploadServer) serveBlock(w http.ResponseWriter, r *http.Request) {
@@ -100,8 +105,9 @@ func (u *UploadServer) serveBlock(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "block index must be a non-negative integer", http.StatusBadRequest)
 		return
 	}
-	if !api.ValidToken(u.cfg.TokenKey, id, r.Header.Get(api.TokenHeader)) {
-		http.Error(w, "missing or invalid "+api.TokenHeader+" for this task; get one from RegisterTask", http.StatusForbidden)
+	if _, err := api.VerifyToken(u.cfg.TokenKeys, r.Header.Get(api.TokenHeader), id, time.Now()); err != nil {
+		u.forbidden.Add(1)
+		http.Error(w, "refused: "+err.Error(), http.StatusForbidden)
 		return
 	}
 	if n := u.inFlight.Add(1); int(n) > u.cfg.MaxUploads {

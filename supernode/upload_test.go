@@ -2,6 +2,7 @@ package supernode
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -37,10 +38,26 @@ func storeWithTask(t *testing.T, id string, length int64, blocks ...int) (*block
 	return store, c
 }
 
+// testSigner signs tokens for the tests' upload servers.
+type testSigner struct{ key ed25519.PrivateKey }
+
+func newTestSigner() testSigner {
+	_, k, _ := ed25519.GenerateKey(nil)
+	return testSigner{k}
+}
+
+func (s testSigner) pub() []ed25519.PublicKey {
+	return []ed25519.PublicKey{s.key.Public().(ed25519.PublicKey)}
+}
+
+func (s testSigner) token(task string, ttl time.Duration) string {
+	return api.SignToken(s.key, api.TokenClaims{Task: task, Host: "peer", Expires: time.Now().Add(ttl)})
+}
+
 func TestUploadServer(t *testing.T) {
-	key := []byte("k")
+	key := newTestSigner()
 	store, c := storeWithTask(t, "t1", 2<<20+100, 0, 2)
-	u := NewUploadServer(UploadConfig{Store: store, TokenKey: key, Logger: quietLogger()})
+	u := NewUploadServer(UploadConfig{Store: store, TokenKeys: key.pub(), Logger: quietLogger()})
 	srv := httptest.NewServer(u)
 	defer srv.Close()
 	block := func(b int, off, n int64) []byte {
@@ -48,7 +65,7 @@ func TestUploadServer(t *testing.T) {
 		c.ReadAt(buf, int64(b)<<20+off)
 		return buf
 	}
-	tok := api.TaskToken(key, "t1")
+	tok := key.token("t1", time.Hour)
 	tests := []struct {
 		name   string
 		path   string
@@ -62,9 +79,11 @@ func TestUploadServer(t *testing.T) {
 		{"range", "/blocks/t1/0", tok, "bytes=1000-1999", 206, block(0, 1000, 1000)},
 		{"not held", "/blocks/t1/1", tok, "", 404, nil},
 		{"out of range", "/blocks/t1/7", tok, "", 404, nil},
-		{"unknown task", "/blocks/t2/0", api.TaskToken(key, "t2"), "", 404, nil},
+		{"unknown task", "/blocks/t2/0", key.token("t2", time.Hour), "", 404, nil},
 		{"no token", "/blocks/t1/0", "", "", 403, nil},
-		{"token of another task", "/blocks/t1/0", api.TaskToken(key, "t2"), "", 403, nil},
+		{"token of another task", "/blocks/t1/0", key.token("t2", time.Hour), "", 403, nil},
+		{"expired token", "/blocks/t1/0", key.token("t1", -time.Second), "", 403, nil},
+		{"token of another supernode", "/blocks/t1/0", newTestSigner().token("t1", time.Hour), "", 403, nil},
 		{"bad index", "/blocks/t1/x", tok, "", 400, nil},
 	}
 	for _, tc := range tests {
@@ -105,14 +124,14 @@ func TestUploadServer(t *testing.T) {
 }
 
 func TestUploadRateLimitAndConcurrencyCap(t *testing.T) {
-	key := []byte("k")
+	key := newTestSigner()
 	store, _ := storeWithTask(t, "t1", 100<<10, 0)
-	u := NewUploadServer(UploadConfig{Store: store, TokenKey: key, Rate: 64 << 10, MaxUploads: 1, Logger: quietLogger()})
+	u := NewUploadServer(UploadConfig{Store: store, TokenKeys: key.pub(), Rate: 64 << 10, MaxUploads: 1, Logger: quietLogger()})
 	srv := httptest.NewServer(u)
 	defer srv.Close()
 	get := func(ctx context.Context) (*http.Response, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/blocks/t1/0", nil)
-		req.Header.Set(api.TokenHeader, api.TaskToken(key, "t1"))
+		req.Header.Set(api.TokenHeader, key.token("t1", time.Hour))
 		return http.DefaultClient.Do(req)
 	}
 	start := time.Now()

@@ -110,6 +110,7 @@ type HeldTask struct {
 	Url           string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
 	Length        int64                  `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
 	BlockSize     int64                  `protobuf:"varint,5,opt,name=block_size,json=blockSize,proto3" json:"block_size,omitempty"`
+	Tag           string                 `protobuf:"bytes,6,opt,name=tag,proto3" json:"tag,omitempty"` // part of URL-derived task ids: the supernode checks the id against url + tag
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -177,6 +178,13 @@ func (x *HeldTask) GetBlockSize() int64 {
 		return x.BlockSize
 	}
 	return 0
+}
+
+func (x *HeldTask) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
 }
 
 type AnnounceRequest struct {
@@ -250,9 +258,14 @@ func (x *AnnounceRequest) GetUploadBytesPerSec() int64 {
 type AnnounceResponse struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	HeartbeatIntervalMs int64                  `protobuf:"varint,1,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
-	TokenKey            []byte                 `protobuf:"bytes,2,opt,name=token_key,json=tokenKey,proto3" json:"token_key,omitempty"` // HMAC key for task tokens
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Deprecated: was the HMAC key of task tokens (anyone who had it could
+	// mint tokens); never sent any more.
+	TokenKey []byte `protobuf:"bytes,2,opt,name=token_key,json=tokenKey,proto3" json:"token_key,omitempty"`
+	// Ed25519 public keys that sign task tokens, current first: upload
+	// servers verify tokens with them (api.VerifyToken) but cannot mint any.
+	TokenPublicKeys [][]byte `protobuf:"bytes,3,rep,name=token_public_keys,json=tokenPublicKeys,proto3" json:"token_public_keys,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AnnounceResponse) Reset() {
@@ -295,6 +308,13 @@ func (x *AnnounceResponse) GetHeartbeatIntervalMs() int64 {
 func (x *AnnounceResponse) GetTokenKey() []byte {
 	if x != nil {
 		return x.TokenKey
+	}
+	return nil
+}
+
+func (x *AnnounceResponse) GetTokenPublicKeys() [][]byte {
+	if x != nil {
+		return x.TokenPublicKeys
 	}
 	return nil
 }
@@ -352,13 +372,17 @@ func (x *Header) GetValue() string {
 }
 
 type RegisterTaskRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
-	TaskId        string                 `protobuf:"bytes,2,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	Url           string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
-	Headers       []*Header              `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty"`
-	Digest        string                 `protobuf:"bytes,5,opt,name=digest,proto3" json:"digest,omitempty"`
-	Bitmap        []byte                 `protobuf:"bytes,6,opt,name=bitmap,proto3" json:"bitmap,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	HostId  string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	TaskId  string                 `protobuf:"bytes,2,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Url     string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	Headers []*Header              `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty"`
+	Digest  string                 `protobuf:"bytes,5,opt,name=digest,proto3" json:"digest,omitempty"`
+	Bitmap  []byte                 `protobuf:"bytes,6,opt,name=bitmap,proto3" json:"bitmap,omitempty"`
+	// Part of URL-derived task ids. The supernode derives the task id from
+	// digest (TaskIDForDigest) or url + tag (TaskIDForURL) and refuses a
+	// task_id that does not match, so an id always names its content.
+	Tag           string `protobuf:"bytes,7,opt,name=tag,proto3" json:"tag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -433,6 +457,13 @@ func (x *RegisterTaskRequest) GetBitmap() []byte {
 		return x.Bitmap
 	}
 	return nil
+}
+
+func (x *RegisterTaskRequest) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
 }
 
 type TaskMeta struct {
@@ -536,11 +567,14 @@ func (x *TaskMeta) GetSeedError() string {
 }
 
 type RegisterTaskResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Meta          *TaskMeta              `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
-	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"` // HMAC(token_key, task_id) hex; peers send it as X-Dfly-Token
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Meta  *TaskMeta              `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	// Signed task token (api.SignToken: task, this host, expiry); peers send
+	// it as X-Dfly-Token. Register again before token_expires_unix.
+	Token            string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	TokenExpiresUnix int64  `protobuf:"varint,3,opt,name=token_expires_unix,json=tokenExpiresUnix,proto3" json:"token_expires_unix,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RegisterTaskResponse) Reset() {
@@ -585,6 +619,13 @@ func (x *RegisterTaskResponse) GetToken() string {
 		return x.Token
 	}
 	return ""
+}
+
+func (x *RegisterTaskResponse) GetTokenExpiresUnix() int64 {
+	if x != nil {
+		return x.TokenExpiresUnix
+	}
+	return 0
 }
 
 type BlockResult struct {
@@ -1132,32 +1173,35 @@ const file_scheduler_proto_rawDesc = "" +
 	"uploadAddr\x12\x10\n" +
 	"\x03idc\x18\x03 \x01(\tR\x03idc\x12\x12\n" +
 	"\x04rack\x18\x04 \x01(\tR\x04rack\x12'\n" +
-	"\x0fupload_capacity\x18\x05 \x01(\x03R\x0euploadCapacity\"\x84\x01\n" +
+	"\x0fupload_capacity\x18\x05 \x01(\x03R\x0euploadCapacity\"\x96\x01\n" +
 	"\bHeldTask\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06bitmap\x18\x02 \x01(\fR\x06bitmap\x12\x10\n" +
 	"\x03url\x18\x03 \x01(\tR\x03url\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\x03R\x06length\x12\x1d\n" +
 	"\n" +
-	"block_size\x18\x05 \x01(\x03R\tblockSize\"\xcc\x01\n" +
+	"block_size\x18\x05 \x01(\x03R\tblockSize\x12\x10\n" +
+	"\x03tag\x18\x06 \x01(\tR\x03tag\"\xcc\x01\n" +
 	"\x0fAnnounceRequest\x12+\n" +
 	"\x04host\x18\x01 \x01(\v2\x17.dfly.scheduler.v1.HostR\x04host\x12/\n" +
 	"\x04held\x18\x02 \x03(\v2\x1b.dfly.scheduler.v1.HeldTaskR\x04held\x12*\n" +
 	"\x11uploads_in_flight\x18\x03 \x01(\x05R\x0fuploadsInFlight\x12/\n" +
-	"\x14upload_bytes_per_sec\x18\x04 \x01(\x03R\x11uploadBytesPerSec\"c\n" +
+	"\x14upload_bytes_per_sec\x18\x04 \x01(\x03R\x11uploadBytesPerSec\"\x8f\x01\n" +
 	"\x10AnnounceResponse\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x01 \x01(\x03R\x13heartbeatIntervalMs\x12\x1b\n" +
-	"\ttoken_key\x18\x02 \x01(\fR\btokenKey\"2\n" +
+	"\ttoken_key\x18\x02 \x01(\fR\btokenKey\x12*\n" +
+	"\x11token_public_keys\x18\x03 \x03(\fR\x0ftokenPublicKeys\"2\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xbe\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xd0\x01\n" +
 	"\x13RegisterTaskRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x10\n" +
 	"\x03url\x18\x03 \x01(\tR\x03url\x123\n" +
 	"\aheaders\x18\x04 \x03(\v2\x19.dfly.scheduler.v1.HeaderR\aheaders\x12\x16\n" +
 	"\x06digest\x18\x05 \x01(\tR\x06digest\x12\x16\n" +
-	"\x06bitmap\x18\x06 \x01(\fR\x06bitmap\"\xdc\x01\n" +
+	"\x06bitmap\x18\x06 \x01(\fR\x06bitmap\x12\x10\n" +
+	"\x03tag\x18\a \x01(\tR\x03tag\"\xdc\x01\n" +
 	"\bTaskMeta\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\x03R\x06length\x12\x1d\n" +
@@ -1168,10 +1212,11 @@ const file_scheduler_proto_rawDesc = "" +
 	"\rlast_modified\x18\x06 \x01(\tR\flastModified\x12\x10\n" +
 	"\x03url\x18\a \x01(\tR\x03url\x12\x1d\n" +
 	"\n" +
-	"seed_error\x18\b \x01(\tR\tseedError\"]\n" +
+	"seed_error\x18\b \x01(\tR\tseedError\"\x8b\x01\n" +
 	"\x14RegisterTaskResponse\x12/\n" +
 	"\x04meta\x18\x01 \x01(\v2\x1b.dfly.scheduler.v1.TaskMetaR\x04meta\x12\x14\n" +
-	"\x05token\x18\x02 \x01(\tR\x05token\"\xbc\x01\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12,\n" +
+	"\x12token_expires_unix\x18\x03 \x01(\x03R\x10tokenExpiresUnix\"\xbc\x01\n" +
 	"\vBlockResult\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\x05R\x05block\x12\x1b\n" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x0e\n" +

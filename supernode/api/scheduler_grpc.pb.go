@@ -34,6 +34,12 @@ const (
 // SchedulerClient is the client API for Scheduler service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Every call carries the gRPC metadata "dfly-host-secret": a random secret
+// of the calling host. The first call for a host id binds the id to the
+// secret while the host is live; calls for that id with another secret are
+// refused (Unauthenticated), so nobody can Sync, report or Leave as another
+// host.
 type SchedulerClient interface {
 	// Host register + heartbeat (every ~2s).
 	Announce(ctx context.Context, in *AnnounceRequest, opts ...grpc.CallOption) (*AnnounceResponse, error)
@@ -96,6 +102,12 @@ func (c *schedulerClient) Leave(ctx context.Context, in *LeaveRequest, opts ...g
 // SchedulerServer is the server API for Scheduler service.
 // All implementations must embed UnimplementedSchedulerServer
 // for forward compatibility.
+//
+// Every call carries the gRPC metadata "dfly-host-secret": a random secret
+// of the calling host. The first call for a host id binds the id to the
+// secret while the host is live; calls for that id with another secret are
+// refused (Unauthenticated), so nobody can Sync, report or Leave as another
+// host.
 type SchedulerServer interface {
 	// Host register + heartbeat (every ~2s).
 	Announce(context.Context, *AnnounceRequest) (*AnnounceResponse, error)
