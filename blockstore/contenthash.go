@@ -22,21 +22,35 @@ type ContentHash struct {
 	h          hash.Hash
 	next       int // blocks hashed
 	buf        []byte
+	// changes is the task's count of replaced block digests when the hash
+	// started: a block hashed before its digest changed may be stale.
+	changes uint64
 }
 
 // NewContentHash starts the whole-content hash of task id, with the task's
 // declared digest algorithm (SHA-256 when none is declared).
 func (s *Store) NewContentHash(id string) (*ContentHash, error) {
-	t, err := s.Task(id)
+	t, changes, err := s.hashState(id)
 	if err != nil {
 		return nil, err
 	}
-	return newContentHash(t)
+	return newContentHash(t, changes)
 }
 
-func newContentHash(t Task) (*ContentHash, error) {
+// hashState returns the task and its count of replaced block digests.
+func (s *Store) hashState(id string) (Task, uint64, error) {
+	st, err := s.state(id)
+	if err != nil {
+		return Task{}, 0, err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.task, st.digestChanges, nil
+}
+
+func newContentHash(t Task, changes uint64) (*ContentHash, error) {
 	id := t.ID
-	c := &ContentHash{id: id, digest: t.Digest, algo: "sha256"}
+	c := &ContentHash{id: id, digest: t.Digest, algo: "sha256", changes: changes}
 	var err error
 	if t.Digest != "" {
 		if c.algo, c.want, err = ParseDigest(t.Digest); err != nil {
@@ -59,11 +73,11 @@ func (c *ContentHash) Hashed() int { return c.next }
 // CompleteHash, with a declared digest blocks are not checked one by one:
 // the whole digest covers them, and CompleteHash reports a mismatch.
 func (s *Store) HashPresent(ctx context.Context, c *ContentHash, emit func(idx int, blk []byte) error) (int, error) {
-	t, err := s.Task(c.id)
+	t, changes, err := s.hashState(c.id)
 	if err != nil {
 		return c.next, err
 	}
-	if err := c.restartIfDigestChanged(t); err != nil {
+	if err := c.restartIfDigestChanged(t, changes); err != nil {
 		return c.next, err
 	}
 	for c.next < t.NumBlocks() && s.HasBlock(c.id, c.next) {
@@ -93,11 +107,11 @@ func (s *Store) HashPresent(ctx context.Context, c *ContentHash, emit func(idx i
 // content against the task's digest and marks the task complete; see
 // VerifyAndCompleteFunc for emit and the errors. c is used up either way.
 func (s *Store) CompleteHash(ctx context.Context, c *ContentHash, emit func(idx int, blk []byte) error) (Task, error) {
-	t, err := s.Task(c.id)
+	t, changes, err := s.hashState(c.id)
 	if err != nil {
 		return Task{}, err
 	}
-	if err := c.restartIfDigestChanged(t); err != nil {
+	if err := c.restartIfDigestChanged(t, changes); err != nil {
 		return t, err
 	}
 	if missing, _ := s.Missing(c.id); len(missing) > 0 {
@@ -124,28 +138,53 @@ func (s *Store) CompleteHash(ctx context.Context, c *ContentHash, emit func(idx 
 	if c.want != "" && got != c.want {
 		return t, fmt.Errorf("task %s: content %s is %s:%s, want %s: %w", c.id, t.Source, c.algo, got, t.Digest, ErrDigestMismatch)
 	}
-	return s.UpdateTask(c.id, func(t *Task) error {
-		if t.Digest != c.digest {
-			return fmt.Errorf("task %s: digest changed from %q to %q during verification; verify again", c.id, c.digest, t.Digest)
-		}
-		if t.Digest == "" {
-			t.Digest = c.algo + ":" + got
-		} else {
-			t.Verified = true
-		}
-		t.State = StateComplete
-		return nil
-	})
+	return s.complete(c, got)
+}
+
+// complete marks the task complete after c hashed all of it to got (hex),
+// unless the task changed under the hash: its digest, a block's digest, or
+// a block dropped since it was hashed (ErrIncomplete: fetch what is missing
+// and verify again).
+func (s *Store) complete(c *ContentHash, got string) (Task, error) {
+	st, err := s.state(c.id)
+	if err != nil {
+		return Task{}, err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	t := st.task
+	if t.Digest != c.digest {
+		return t, fmt.Errorf("task %s: digest changed from %q to %q during verification; verify again", c.id, c.digest, t.Digest)
+	}
+	if missing := len(st.digests) - st.bitmap.Count(); missing > 0 {
+		return t, fmt.Errorf("verify task %s: %d blocks dropped during verification; fetch them and verify again: %w", c.id, missing, ErrIncomplete)
+	}
+	if st.digestChanges != c.changes {
+		return t, fmt.Errorf("verify task %s: block digests changed during verification; verify again: %w", c.id, ErrIncomplete)
+	}
+	if t.Digest == "" {
+		t.Digest = c.algo + ":" + got
+	} else {
+		t.Verified = true
+	}
+	t.State = StateComplete
+	if err := s.writeTask(t); err != nil {
+		return st.task, err
+	}
+	st.task = t
+	return t, nil
 }
 
 // restartIfDigestChanged starts c over when the task's digest changed since
 // c started (a digest adopted during the download): what was hashed was
-// hashed with the wrong algorithm, or without checking each block.
-func (c *ContentHash) restartIfDigestChanged(t Task) error {
-	if t.Digest == c.digest {
+// hashed with the wrong algorithm, or without checking each block. So it
+// does when a block's digest was replaced since (what was hashed of that
+// block may be stale).
+func (c *ContentHash) restartIfDigestChanged(t Task, changes uint64) error {
+	if t.Digest == c.digest && changes == c.changes {
 		return nil
 	}
-	n, err := newContentHash(t)
+	n, err := newContentHash(t, changes)
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,10 @@ var (
 	ErrInvalid = errors.New("invalid argument")
 	// ErrIncomplete: the operation needs every block of the task.
 	ErrIncomplete = errors.New("task incomplete")
+	// ErrIndexLost: the store's index (Badger) is missing or reset while
+	// its data files are still there; the store refuses to open rather than
+	// lose them. Restore the index, or move the store aside to start empty.
+	ErrIndexLost = errors.New("store index lost")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store closed")
 )

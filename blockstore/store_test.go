@@ -347,8 +347,10 @@ func TestDeleteFreesDiskAtOnce(t *testing.T) {
 	s.CollectGarbage() // metadata only; must not fail on an empty store
 }
 
-// TestOrphanDataFileRemovedOnOpen: a data file without its task (a crash
-// inside DeleteTask) is removed on the next Open; a task's file is kept.
+// TestOrphanDataFileRemovedOnOpen: a data file no task accounts for, and
+// no interrupted deletion explains, is moved to the quarantine on the next
+// Open (never deleted: the index may have lost its task); a task's file is
+// kept.
 func TestOrphanDataFileRemovedOnOpen(t *testing.T) {
 	dir := t.TempDir()
 	s := openT(t, dir, Options{GCInterval: -1})
@@ -365,6 +367,9 @@ func TestOrphanDataFileRemovedOnOpen(t *testing.T) {
 	s = openT(t, dir, Options{GCInterval: -1})
 	if _, err := os.Stat(orphan); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("orphan data file kept: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "quarantine", "gone.blocks")); err != nil || string(b) != "stale" {
+		t.Fatalf("orphan data file not in the quarantine: %q %v", b, err)
 	}
 	var out bytes.Buffer
 	if _, err := s.WriteTo(ctx, "keep", &out); err != nil || !bytes.Equal(out.Bytes(), data) {

@@ -24,10 +24,10 @@ const (
 
 // Task is one piece of content cut into blocks.
 type Task struct {
-	ID           string    `json:"id"`
-	Source       string    `json:"source,omitempty"` // origin URL (informational)
+	ID     string `json:"id"`
+	Source string `json:"source,omitempty"` // origin URL (informational)
 	// Tag tells apart contents the URL alone does not (part of URL-derived IDs).
-	Tag string `json:"tag,omitempty"`
+	Tag          string    `json:"tag,omitempty"`
 	Length       int64     `json:"length"`
 	BlockSize    int64     `json:"block_size"`
 	Digest       string    `json:"digest,omitempty"` // whole-content digest, "sha256:HEX" or "md5:HEX"
