@@ -22,6 +22,10 @@ const usage = `usage:
   dfctl image pull REF [flags]          pull REF into containerd with unpack through the dfly snapshotter,
                                         passing the layer labels lazy pulling needs (containerd 1.6's
                                         "ctr image pull" does not); then "ctr run --snapshotter dfly ..."
+  dfctl containerd configure [flags]    make containerd pull through this host's dfly registry mirror:
+                                        writes CERTS_DIR/REGISTRY/hosts.toml for every --registry and
+                                        adds config_path and the snapshotter's proxy plugin to
+                                        config.toml when missing (prints the diff, keeps a backup)
 
 Exit codes: 0 ok, 1 failure, 2 bad flags or arguments.
 
@@ -43,6 +47,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		insecure                                               []string
 		dockerConfig, address, namespace, sn, platform, logLvl string
 		chunkSize, level                                       int
+		registries                                             []string
+		mirrorURL, certsDir, ctrConfig, snapAddr               string
+		configVersion                                          int
+		dryRun                                                 bool
 	)
 	fset.StringSliceVar(&prioritized, "prioritize", nil, "convert: absolute path of a file to put before the prefetch landmark (repeatable)")
 	fset.IntVar(&chunkSize, "chunk-size", 0, "convert: eStargz chunk size in bytes (default 4 MiB)")
@@ -54,6 +62,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fset.StringVar(&sn, "snapshotter", "dfly", "pull: snapshotter to unpack into")
 	fset.StringVar(&platform, "platform", "", "pull: platform (default the host's)")
 	fset.StringVar(&logLvl, "log-level", "warn", "debug, info, warn or error")
+	fset.StringSliceVar(&registries, "registry", []string{"docker.io"}, "containerd configure: registry HOST[:PORT] to pull through the mirror (repeatable)")
+	fset.StringVar(&mirrorURL, "mirror", "http://127.0.0.1:65001", "containerd configure: the dfly mirror's URL (dfdaemon --mirror-listen)")
+	fset.StringVar(&certsDir, "certs-dir", "/etc/containerd/certs.d", "containerd configure: containerd's registry config_path")
+	fset.StringVar(&ctrConfig, "config", "/etc/containerd/config.toml", "containerd configure: containerd's config.toml (\"\" leaves it alone)")
+	fset.StringVar(&snapAddr, "snapshotter-address", "/run/dfly/snapshotter.sock", "containerd configure: dfly-snapshotter's socket for the proxy plugin (\"\" for none)")
+	fset.IntVar(&configVersion, "config-version", 0, "containerd configure: config.toml version for a new file, 2 (containerd 1.6/1.7) or 3 (2.x); default: detected")
+	fset.BoolVar(&dryRun, "dry-run", false, "containerd configure: print the diff, change nothing")
 	fset.Usage = func() { _, _ = fmt.Fprint(stderr, usage+fset.FlagUsages()) }
 	if err := fset.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -62,6 +77,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	a := fset.Args()
+	if len(a) == 2 && a[0] == "containerd" && a[1] == "configure" {
+		o := containerdOptions{Registries: registries, Insecure: insecure, Mirror: mirrorURL, CertsDir: certsDir,
+			Config: ctrConfig, Snapshotter: snapAddr, ConfigFormat: configVersion}
+		if err := runContainerdConfigure(o, dryRun, stdout); err != nil {
+			_, _ = fmt.Fprintln(stderr, "dfctl containerd configure:", err)
+			return 1
+		}
+		return 0
+	}
 	if len(a) < 2 || a[0] != "image" {
 		fset.Usage()
 		return 2
