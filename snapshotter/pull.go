@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -94,8 +96,33 @@ func (r *Resolver) containerdResolver() remotes.Resolver {
 		}
 		return docker.MatchLocalhost(host)
 	}
-	return docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(
+	defaults := docker.ConfigureDefaultRegistries(
 		docker.WithPlainHTTP(plain),
 		docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(creds))),
-	)})
+	)
+	hosts := defaults
+	if r.HostsDir != "" {
+		hosts = func(host string) ([]docker.RegistryHost, error) {
+			if _, err := os.Stat(filepath.Join(r.HostsDir, hostDirName(host))); err != nil {
+				return defaults(host)
+			}
+			scheme := "https"
+			if p, _ := plain(host); p {
+				scheme = "http"
+			}
+			return config.ConfigureHosts(context.Background(), config.HostOptions{
+				HostDir: config.HostDirFromRoot(r.HostsDir), Credentials: creds, DefaultScheme: scheme,
+			})(host)
+		}
+	}
+	return docker.NewResolver(docker.ResolverOptions{Hosts: hosts})
+}
+
+// hostDirName is the directory of a registry under a hosts directory
+// (containerd's layout: host:port, with "_default" for the fallback).
+func hostDirName(host string) string {
+	if host == "registry-1.docker.io" {
+		return "docker.io"
+	}
+	return host
 }

@@ -31,6 +31,12 @@ type Resolver struct {
 	// loopback addresses always are.
 	Insecure  []string
 	Transport http.RoundTripper
+	// HostsDir is containerd's registry config_path (hosts.toml per
+	// registry, e.g. /etc/containerd/certs.d): layers containerd downloads
+	// itself (non-eStargz ones) follow it, so they go through the host's
+	// dfly registry mirror when hosts.toml names it. Registries without a
+	// directory there use the defaults. Empty: no hosts directory.
+	HostsDir string
 }
 
 // DockerConfigKeychain reads credentials from a docker-style config.json ("auths" with

@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fset.StringVar(&logLvl, "log-level", "warn", "debug, info, warn or error")
 	fset.StringSliceVar(&registries, "registry", []string{"docker.io"}, "containerd configure: registry HOST[:PORT] to pull through the mirror (repeatable)")
 	fset.StringVar(&mirrorURL, "mirror", "http://127.0.0.1:65001", "containerd configure: the dfly mirror's URL (dfdaemon --mirror-listen)")
-	fset.StringVar(&certsDir, "certs-dir", "/etc/containerd/certs.d", "containerd configure: containerd's registry config_path")
+	fset.StringVar(&certsDir, "certs-dir", "/etc/containerd/certs.d", "containerd's registry config_path (hosts.toml per registry): written by containerd configure, followed by image pull")
 	fset.StringVar(&ctrConfig, "config", "/etc/containerd/config.toml", "containerd configure: containerd's config.toml (\"\" leaves it alone)")
 	fset.StringVar(&snapAddr, "snapshotter-address", "/run/dfly/snapshotter.sock", "containerd configure: dfly-snapshotter's socket for the proxy plugin (\"\" for none)")
 	fset.IntVar(&configVersion, "config-version", 0, "containerd configure: config.toml version for a new file, 2 (containerd 1.6/1.7) or 3 (2.x); default: detected")
@@ -100,7 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		_, _ = fmt.Fprintln(stderr, "dfctl:", err)
 		return 1
 	}
-	r := &snapshotter.Resolver{Keychain: kc, Insecure: insecure}
+	r := &snapshotter.Resolver{Keychain: kc, Insecure: insecure, HostsDir: certsDir}
 	switch {
 	case a[1] == "convert" && len(a) == 4:
 		d, err := snapshotter.Convert(ctx, a[2], a[3], r, snapshotter.ConvertOptions{
