@@ -99,6 +99,10 @@ type SwarmConfig struct {
 	StallTimeout time.Duration
 	// RPCTimeout bounds each call to the supernode. Default 5s.
 	RPCTimeout time.Duration
+	// SupernodeGrace is how long block fetches wait for an unreachable
+	// supernode (a restart) before they go to the origin. Default 10s,
+	// at most BlockTimeout.
+	SupernodeGrace time.Duration
 	// DialOptions override the gRPC dial options (default: insecure transport).
 	DialOptions []grpc.DialOption
 	// HostSecret proves to the supernode that calls for HostID come from
@@ -155,8 +159,9 @@ type SupernodeSwarm struct {
 	tasks     map[string]*swarmTask
 	keys      []ed25519.PublicKey // token-signing keys: the current one first, then the previous one
 	byParent  map[string]int64
-	downUntil time.Time
-	needFull  bool // next heartbeat sends every held task
+	downUntil time.Time // RPCs fail fast until then (the supernode just failed)
+	downSince time.Time // start of the current outage (zero: the supernode answers)
+	needFull  bool      // next heartbeat sends every held task
 	closed    bool
 
 	lastUpload rateSample    // last upload counter sample (for the heartbeat's rate)
@@ -192,6 +197,10 @@ func NewSwarm(ctx context.Context, cfg SwarmConfig) (*SupernodeSwarm, error) {
 	if cfg.RPCTimeout <= 0 {
 		cfg.RPCTimeout = 5 * time.Second
 	}
+	if cfg.SupernodeGrace <= 0 {
+		cfg.SupernodeGrace = 10 * time.Second
+	}
+	cfg.SupernodeGrace = min(cfg.SupernodeGrace, cfg.BlockTimeout)
 	if cfg.HostID == "" {
 		hn, _ := os.Hostname()
 		if cfg.UploadAddr != "" {
@@ -310,14 +319,36 @@ func (s *SupernodeSwarm) isDown() bool {
 	return time.Now().Before(s.downUntil)
 }
 
-// markDown makes operations fail fast for a while after the supernode failed.
+// gaveUp reports whether the supernode has been unreachable for longer than
+// SupernodeGrace: block fetches then go to the origin at once. Within the
+// grace (a supernode restarting) they keep to the parents they know and
+// wait for the supernode, so a restart does not send every host's
+// in-flight blocks to the origin.
+func (s *SupernodeSwarm) gaveUp() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return time.Now().Before(s.downUntil) && !s.downSince.IsZero() && time.Since(s.downSince) > s.cfg.SupernodeGrace
+}
+
+// markDown makes RPCs fail fast for a second after the supernode failed.
 func (s *SupernodeSwarm) markDown(err error) {
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unavailable && st.Code() != codes.DeadlineExceeded {
 		return // the supernode answered: it is up
 	}
 	s.mu.Lock()
-	s.downUntil = time.Now().Add(3 * time.Second)
+	now := time.Now()
+	if s.downSince.IsZero() {
+		s.downSince = now
+	}
+	s.downUntil = now.Add(time.Second)
 	s.needFull = true
+	s.mu.Unlock()
+}
+
+// markUp records an answer of the supernode.
+func (s *SupernodeSwarm) markUp() {
+	s.mu.Lock()
+	s.downUntil, s.downSince = time.Time{}, time.Time{}
 	s.mu.Unlock()
 }
 
@@ -378,7 +409,7 @@ func (s *SupernodeSwarm) announce(ctx context.Context) (time.Duration, error) {
 			s.keys = s.keys[:2]
 		}
 	}
-	s.downUntil = time.Time{}
+	s.downUntil, s.downSince = time.Time{}, time.Time{}
 	if full {
 		s.needFull = false
 	}
@@ -437,7 +468,7 @@ func (s *SupernodeSwarm) heldTasks() []*api.HeldTask {
 		if err != nil || bm.Count() == 0 {
 			continue
 		}
-		held = append(held, &api.HeldTask{TaskId: t.ID, Bitmap: bm, Url: t.Source, Tag: t.Tag, Length: t.Length, BlockSize: t.BlockSize})
+		held = append(held, &api.HeldTask{TaskId: t.ID, Bitmap: bm, Url: t.Source, Tag: t.Tag, Etag: t.ETag, Length: t.Length, BlockSize: t.BlockSize})
 	}
 	return held
 }
@@ -527,7 +558,7 @@ func (s *SupernodeSwarm) Resolve(ctx context.Context, req Request, id string) (b
 // FetchBlock implements Swarm: it gets block idx's parents from the
 // supernode, fetches it from the best one that works, and verifies it.
 func (s *SupernodeSwarm) FetchBlock(ctx context.Context, t *Task, idx int) ([]byte, From, error) {
-	if s.isDown() {
+	if s.gaveUp() {
 		s.unavailable.Add(1)
 		return nil, 0, fmt.Errorf("block %d of task %s: supernode %s is unreachable: %w", idx, t.ID(), s.cfg.Supernode, ErrSwarmUnavailable)
 	}
@@ -601,12 +632,13 @@ const (
 	maxWant       = 64 // wants per Sync (the protocol's bound)
 	assignTTL     = 2 * time.Second
 	syncInterval  = 50 * time.Millisecond
-	coalesceDelay = 5 * time.Millisecond  // a kicked background round waits this long for more wants
-	maxRounds     = 4                     // background Syncs in flight per task
-	fgRetry       = 10 * time.Millisecond // a reader's pause after an answer without parents
-	orderWindow   = 0                     // shuffle all unheld blocks (see rarestFirst)
-	endgameLeft   = 8                     // steal when at most this many blocks are missing
-	fullEvery     = 10                    // every tenth heartbeat carries the full held list
+	coalesceDelay = 5 * time.Millisecond   // a kicked background round waits this long for more wants
+	maxRounds     = 4                      // background Syncs in flight per task
+	fgRetry       = 10 * time.Millisecond  // a reader's pause after an answer without parents
+	orderWindow   = 0                      // shuffle all unheld blocks (see rarestFirst)
+	endgameLeft   = 8                      // steal when at most this many blocks are missing
+	fullEvery     = 10                     // every tenth heartbeat carries the full held list
+	graceRetry    = 250 * time.Millisecond // a fetch's pause while the supernode is briefly unreachable
 )
 
 // rarestFirst orders missing blocks: held blocks by ascending holder count
@@ -652,6 +684,17 @@ func shouldSteal(missing, endgame int, elapsed, typical, minWait time.Duration, 
 		return false
 	}
 	return elapsed >= max(2*typical, minWait)
+}
+
+// transient reports whether err is the supernode being unreachable for
+// less than SupernodeGrace (a fetch then waits instead of giving up).
+func (s *SupernodeSwarm) transient(err error) bool {
+	if !errors.Is(err, ErrSwarmUnavailable) || s.gaveUp() {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.downSince.IsZero()
 }
 
 type priorityKey struct{}
@@ -749,6 +792,9 @@ func (st *swarmTask) register(ctx context.Context) (blockstore.Task, error) {
 	}
 	if bm, err := s.store.Bitmap(st.id); err == nil && s.cfg.UploadAddr != "" {
 		req.Bitmap = bm
+		if local, err := s.store.Task(st.id); err == nil {
+			req.Etag = local.ETag
+		}
 	}
 	var resp *api.RegisterTaskResponse
 	var err error
@@ -1026,6 +1072,8 @@ func (st *swarmTask) syncRPC(ctx context.Context, req *api.SyncRequest) (*api.Sy
 	resp, err := st.s.client.Sync(rctx, req)
 	if err != nil {
 		st.s.markDown(err)
+	} else {
+		st.s.markUp()
 	}
 	return resp, err
 }
@@ -1193,6 +1241,15 @@ func (st *swarmTask) fetch(ctx context.Context, meta blockstore.Task, idx int, p
 			began := time.Now()
 			ps, err = st.waitParents(ctx, idx, urgent)
 			st.s.waitNanos.Add(int64(time.Since(began)))
+			if err != nil && st.s.transient(err) && ctx.Err() == nil {
+				// The supernode is restarting (within SupernodeGrace): wait
+				// for it, using the parents already known meanwhile.
+				lastErr = err
+				if err := sleepCtx(ctx, graceRetry); err != nil {
+					return nil, 0, err
+				}
+				continue
+			}
 			if err != nil {
 				return nil, 0, err
 			}

@@ -106,3 +106,36 @@ func (a *hostAuth) interceptor(ctx context.Context, req any, _ *grpc.UnaryServer
 	}
 	return handler(ctx, req)
 }
+
+// grants records which hosts the origin accepted for which private tasks
+// in this process (RegisterTask with their own credentials), so that Sync
+// hands parents and digests of private content only to them. Grants end
+// with the host (Leave, expiry) or the process.
+type grants struct {
+	mu sync.Mutex
+	m  map[string]map[string]bool // host → task → granted
+}
+
+func newGrants() *grants { return &grants{m: map[string]map[string]bool{}} }
+
+func (g *grants) grant(task, host string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.m[host] == nil {
+		g.m[host] = map[string]bool{}
+	}
+	g.m[host][task] = true
+}
+
+func (g *grants) granted(task, host string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.m[host][task]
+}
+
+// forget drops a host's grants.
+func (g *grants) forget(host string) {
+	g.mu.Lock()
+	delete(g.m, host)
+	g.mu.Unlock()
+}

@@ -603,6 +603,16 @@ func (s *Scheduler) Report(taskID, requester string, results []Result) {
 	}
 }
 
+// ForgetTask drops a task with every holding, block and in-flight record:
+// its content changed at the origin, so every copy is void.
+func (s *Scheduler) ForgetTask(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t, ok := s.tasks[id]; ok {
+		s.dropTaskLocked(t)
+	}
+}
+
 // Block isolates a host for a task: it is never a parent of the task again
 // and what it announces of it is ignored (the seed is never blocked: its
 // blocks are the reference). Called once a bad block from the host has

@@ -21,8 +21,11 @@ import (
 type SeedRequest struct {
 	TaskID string
 	URL    string
-	Header http.Header // forwarded to the origin (e.g. Authorization)
-	Digest string      // whole-content digest declared by the requester, "" if unknown
+	// Header is forwarded to the origin (e.g. Authorization). Sensitive
+	// headers (source.Sensitive) are held in memory only while a fetch runs:
+	// never stored, logged, or kept once the task's run ends.
+	Header http.Header
+	Digest string // whole-content digest declared by the requester, "" if unknown
 }
 
 // SeedConfig configures a Seed.
@@ -32,12 +35,19 @@ type SeedConfig struct {
 	// Concurrency is the number of parallel Range requests per task (default 6).
 	Concurrency int
 	// RetryAfter is how long a failed task stays failed before a new request
-	// starts it again (default 5s).
+	// starts it again (default 5s). A registration bringing credentials
+	// retries a task that failed for the lack of them at once.
 	RetryAfter time.Duration
+	// RevalidateAfter: a registration (Ensure) of a complete task whose
+	// origin last confirmed it longer ago than this revalidates it first
+	// (default 1s: a task registered by many hosts at once costs its origin
+	// one conditional HEAD). Content-addressed tasks are never revalidated.
+	RevalidateAfter time.Duration
 	// OnMeta is called once a task's metadata is known, with the blocks the
 	// seed already holds. OnBlock is called for each block stored afterwards.
-	// OnReset is called when the origin's content changed and every copy
-	// held elsewhere is stale. They must not block.
+	// OnReset is called when the origin's content changed: the seed dropped
+	// its copy (blocks and digests), and every copy held elsewhere is void;
+	// OnMeta follows with the new content. They must not block.
 	OnMeta  func(t blockstore.Task, have blockstore.Bitmap)
 	OnBlock func(taskID string, idx int)
 	OnReset func(taskID string)
@@ -69,23 +79,29 @@ const (
 	SeedFetching  = "fetching"
 	SeedComplete  = "complete"
 	SeedFailed    = "failed"
+	// SeedWaiting: the stored copy is private (fetched with credentials)
+	// and incomplete, and no request since this process started brought
+	// credentials: the seed serves the blocks it holds and fetches nothing
+	// until a registration with credentials starts it again.
+	SeedWaiting = "waiting"
 )
 
 type seedTask struct {
-	req   SeedRequest
 	ready chan struct{} // closed once meta or err is set
 	done  chan struct{} // closed when the run ends
 
-	mu       sync.Mutex
-	state    string
-	meta     blockstore.Task
-	err      error
-	failedAt time.Time
-	prio     []int             // wanted blocks, most urgent first
-	claimed  blockstore.Bitmap // blocks being fetched or stored
-	cursor   int
-	changed  chan struct{} // closed and replaced whenever a block is stored
-	fromOrig int64
+	mu        sync.Mutex
+	req       SeedRequest // Header: sensitive headers only while the run lasts
+	state     string
+	meta      blockstore.Task
+	err       error
+	failedAt  time.Time
+	validated time.Time         // when the origin last confirmed meta; zero if it was not asked
+	prio      []int             // wanted blocks, most urgent first
+	claimed   blockstore.Bitmap // blocks being fetched or stored
+	cursor    int
+	changed   chan struct{} // closed and replaced whenever a block is stored
+	fromOrig  int64
 }
 
 // NewSeed returns a seed; Close stops its work.
@@ -95,6 +111,9 @@ func NewSeed(cfg SeedConfig) *Seed {
 	}
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = 5 * time.Second
+	}
+	if cfg.RevalidateAfter <= 0 {
+		cfg.RevalidateAfter = time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -125,12 +144,13 @@ func (s *Seed) Close() {
 func (s *Seed) BytesFromOrigin() int64 { return s.bytesOrigin.Load() }
 
 // Ensure starts seeding the task unless it is already being seeded (or
-// seeded and complete). A task that failed more than RetryAfter ago is
-// started again. It waits until the task's metadata is known (or the seed
-// failed, or ctx ends) and returns the metadata; a seed failure is returned
-// as an error that explains it.
+// seeded and complete, and confirmed by its origin within RevalidateAfter).
+// A task that failed more than RetryAfter ago is started again. It waits
+// until the task's metadata is known (or the seed failed, or ctx ends) and
+// returns the metadata; a seed failure is returned as an error that
+// explains it.
 func (s *Seed) Ensure(ctx context.Context, req SeedRequest) (blockstore.Task, error) {
-	st := s.start(req)
+	st := s.start(req, true)
 	select {
 	case <-st.ready:
 	case <-ctx.Done():
@@ -141,41 +161,77 @@ func (s *Seed) Ensure(ctx context.Context, req SeedRequest) (blockstore.Task, er
 	return st.meta, st.err
 }
 
-func (s *Seed) start(req SeedRequest) *seedTask {
+// start returns the task's seed run, starting a new one when there is none
+// or the current one must be redone (see restart). register is set for
+// registrations (Ensure), which may revalidate a complete task.
+func (s *Seed) start(req SeedRequest, register bool) *seedTask {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st, ok := s.tasks[req.TaskID]; ok {
-		st.mu.Lock()
-		retry := st.state == SeedFailed && time.Since(st.failedAt) >= s.cfg.RetryAfter
-		if st.state == SeedComplete {
-			// Evicted from the store since (quota), or a block was dropped
-			// as corrupt: seed it again (a resume fetches only what is missing).
-			missing, err := s.cfg.Store.Missing(req.TaskID)
-			retry = errors.Is(err, blockstore.ErrNotFound) || len(missing) > 0
-		}
-		st.mu.Unlock()
-		if !retry {
-			return st
-		}
+	prev, known := s.tasks[req.TaskID]
+	if known && !s.restart(prev, req, register) {
+		return prev
 	}
 	st := &seedTask{req: req, state: SeedResolving, ready: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{})}
 	s.tasks[req.TaskID] = st
 	if s.ctx.Err() != nil {
 		st.fail(fmt.Errorf("seed task %s: supernode is shutting down: %w", req.TaskID, s.ctx.Err()))
+		st.forgetCredentials()
 		close(st.done)
 		return st
 	}
-	s.log.Info("seeding task", "task", req.TaskID, "url", req.URL)
+	if known && prev.complete() {
+		s.log.Debug("revalidating seeded task", "task", req.TaskID, "url", req.URL)
+	} else {
+		s.log.Info("seeding task", "task", req.TaskID, "url", req.URL)
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer close(st.done)
+		defer st.forgetCredentials()
 		if err := s.run(st); err != nil {
 			s.log.Warn("seed failed", "task", req.TaskID, "url", req.URL, "err", err)
 			st.fail(err)
 		}
 	}()
 	return st
+}
+
+// restart reports whether st must be replaced by a new run for req:
+//   - failed more than RetryAfter ago, or for the lack of credentials that
+//     req brings;
+//   - waiting for credentials, and req brings some;
+//   - complete, but blocks are missing (evicted, or dropped as corrupt);
+//   - complete, and a registration comes after RevalidateAfter (unless the
+//     task is content-addressed, or private and req brings no credentials
+//     to ask the origin with).
+func (s *Seed) restart(st *seedTask, req SeedRequest, register bool) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	creds := source.Sensitive(req.Header)
+	switch st.state {
+	case SeedFailed:
+		return time.Since(st.failedAt) >= s.cfg.RetryAfter || (creds && lacksCredentials(st.err))
+	case SeedWaiting:
+		return creds
+	case SeedComplete:
+		missing, err := s.cfg.Store.Missing(req.TaskID)
+		if errors.Is(err, blockstore.ErrNotFound) || len(missing) > 0 {
+			return true
+		}
+		if _, ok := digestOfTaskID(req.TaskID); ok || !register || (st.meta.Private && !creds) {
+			return false
+		}
+		return time.Since(st.validated) >= s.cfg.RevalidateAfter
+	}
+	return false
+}
+
+// lacksCredentials reports whether err is the origin refusing the request's
+// credentials (or their absence).
+func lacksCredentials(err error) bool {
+	var he *source.HTTPError
+	return errors.As(err, &he) && (he.Status == http.StatusUnauthorized || he.Status == http.StatusForbidden || he.Status == http.StatusProxyAuthRequired)
 }
 
 func (st *seedTask) fail(err error) {
@@ -191,6 +247,29 @@ func (st *seedTask) fail(err error) {
 	st.changed = make(chan struct{})
 }
 
+func (st *seedTask) complete() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.state == SeedComplete
+}
+
+// request returns the task's request (its headers must not be modified).
+func (st *seedTask) request() SeedRequest {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.req
+}
+
+// forgetCredentials drops the request's headers once the run ended, unless
+// none of them is sensitive (they are then kept for later re-runs).
+func (st *seedTask) forgetCredentials() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if source.Sensitive(st.req.Header) {
+		st.req.Header = nil
+	}
+}
+
 func (s *Seed) lookup(taskID string) *seedTask {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -200,15 +279,17 @@ func (s *Seed) lookup(taskID string) *seedTask {
 // Resume makes sure a task is being seeded or complete: an unknown task is
 // started from url (without request headers), a task that failed more than
 // RetryAfter ago is retried, and one whose stored copy lost blocks (dropped
-// as corrupt, or evicted) is fetched again, with the headers of the request
-// that first started it. It does not wait.
+// as corrupt, or evicted) is fetched again. A re-run has the non-sensitive
+// headers of the request that started the task; a private task (fetched
+// with credentials) is not fetched without them: it waits for a
+// registration that brings some. It does not wait.
 func (s *Seed) Resume(taskID, url string) {
 	if st := s.lookup(taskID); st != nil {
-		s.start(st.req)
+		s.start(st.request(), false)
 		return
 	}
 	if url != "" {
-		s.start(SeedRequest{TaskID: taskID, URL: url})
+		s.start(SeedRequest{TaskID: taskID, URL: url}, false)
 	}
 }
 
@@ -227,7 +308,8 @@ func (s *Seed) Err(taskID string) error {
 }
 
 // Prioritize moves the given blocks (most urgent first) to the front of the
-// task's fetch order and returns those the seed does not hold yet.
+// task's fetch order and returns those the seed does not hold yet and will
+// fetch.
 func (s *Seed) Prioritize(taskID string, blocks []int) []int {
 	st := s.lookup(taskID)
 	if st == nil {
@@ -236,7 +318,7 @@ func (s *Seed) Prioritize(taskID string, blocks []int) []int {
 	var pending []int
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.state == SeedFailed || st.claimed == nil {
+	if st.state == SeedFailed || st.state == SeedWaiting || st.claimed == nil {
 		return nil
 	}
 	n := st.meta.NumBlocks()
@@ -323,6 +405,7 @@ type SeedTaskState struct {
 	Blocks          int    `json:"blocks"`
 	Stored          int    `json:"stored"`
 	BytesFromOrigin int64  `json:"bytes_from_origin"`
+	Private         bool   `json:"private,omitempty"`
 }
 
 // State lists the seeded tasks, sorted by id.
@@ -336,7 +419,7 @@ func (s *Seed) State() []SeedTaskState {
 	out := make([]SeedTaskState, 0, len(sts))
 	for _, st := range sts {
 		st.mu.Lock()
-		x := SeedTaskState{ID: st.req.TaskID, URL: st.req.URL, State: st.state, Blocks: st.meta.NumBlocks(), BytesFromOrigin: st.fromOrig}
+		x := SeedTaskState{ID: st.req.TaskID, URL: st.req.URL, State: st.state, Blocks: st.meta.NumBlocks(), BytesFromOrigin: st.fromOrig, Private: st.meta.Private}
 		if st.err != nil {
 			x.Error = st.err.Error()
 		}
@@ -368,29 +451,46 @@ func (s *Seed) TaskState(taskID string) (state string, stored, total int) {
 // run resolves the task (stat or revalidate), then fetches its missing blocks.
 func (s *Seed) run(st *seedTask) error {
 	ctx := s.ctx
-	meta, err := s.resolve(ctx, st.req)
+	req := st.request()
+	r, err := s.resolve(ctx, req)
 	if err != nil {
 		return err
 	}
+	meta := r.task
+	complete := meta.State == blockstore.StateComplete
+	if !complete && !r.waiting {
+		// Blocks are fetched with these headers: credentials make the content private.
+		if meta, err = s.markPrivate(meta, source.Sensitive(req.Header)); err != nil {
+			return err
+		}
+	}
 	have, err := s.cfg.Store.Bitmap(meta.ID)
 	if err != nil {
-		return fmt.Errorf("seed task %s: %w", meta.ID, err)
+		return fmt.Errorf("seed task %s: read its blocks in the seed's store: %w", meta.ID, err)
 	}
-	complete := meta.State == blockstore.StateComplete
 	st.mu.Lock()
 	st.meta = meta
 	st.claimed = have.Clone()
-	st.state = SeedFetching
-	if complete {
+	st.validated = r.validated
+	switch {
+	case complete:
 		st.state = SeedComplete
+	case r.waiting:
+		st.state = SeedWaiting
+	default:
+		st.state = SeedFetching
 	}
 	st.mu.Unlock()
 	s.cfg.OnMeta(meta, have)
 	close(st.ready)
-	if complete {
+	if r.waiting && !complete {
+		s.log.Info("private task: serving the blocks held; fetching the rest once a registration brings credentials",
+			"task", meta.ID, "stored", have.Count(), "blocks", meta.NumBlocks())
+	}
+	if complete || r.waiting {
 		return nil
 	}
-	done, err := s.fetchAndVerify(ctx, st, meta)
+	done, err := s.fetchAndVerify(ctx, st, req, meta)
 	if err != nil {
 		return err
 	}
@@ -406,7 +506,7 @@ func (s *Seed) run(st *seedTask) error {
 // again; after a whole-content mismatch a scrub tells corrupt stored blocks
 // (dropped, announced through OnDropped and fetched again) from wrong
 // content (an error). Both repairs are tried a bounded number of times.
-func (s *Seed) fetchAndVerify(ctx context.Context, st *seedTask, meta blockstore.Task) (blockstore.Task, error) {
+func (s *Seed) fetchAndVerify(ctx context.Context, st *seedTask, req SeedRequest, meta blockstore.Task) (blockstore.Task, error) {
 	store := s.cfg.Store
 	refetch := func(blocks []int) {
 		st.mu.Lock()
@@ -417,7 +517,7 @@ func (s *Seed) fetchAndVerify(ctx context.Context, st *seedTask, meta blockstore
 		st.cursor = 0
 	}
 	for attempt := 0; ; attempt++ {
-		if err := s.fetchAll(ctx, st); err != nil {
+		if err := s.fetchAll(ctx, st, req, meta); err != nil {
 			return blockstore.Task{}, err
 		}
 		missing, err := store.Missing(meta.ID)
@@ -445,73 +545,10 @@ func (s *Seed) fetchAndVerify(ctx context.Context, st *seedTask, meta blockstore
 			}
 		}
 		if err != nil {
-			return blockstore.Task{}, fmt.Errorf("seed task %s from %s: whole-content verification: %w", meta.ID, st.req.URL, err)
+			return blockstore.Task{}, fmt.Errorf("seed task %s from %s: whole-content verification: %w", meta.ID, req.URL, err)
 		}
 		return done, nil
 	}
-}
-
-// resolve returns the task in the store, creating it from the origin's Stat or
-// revalidating a cached copy: 304 keeps it, 200 refetches it, errors fail.
-func (s *Seed) resolve(ctx context.Context, req SeedRequest) (blockstore.Task, error) {
-	store := s.cfg.Store
-	if cached, err := store.Task(req.TaskID); err == nil {
-		switch {
-		case req.Digest != "" && cached.Verified && sameDigest(cached.Digest, req.Digest):
-			// Content-addressed and verified: nothing to revalidate.
-			return cached, nil
-		default:
-			info, err := s.cfg.Source.Revalidate(ctx, req.URL, req.Header, cached.ETag, cached.LastModified)
-			if errors.Is(err, source.ErrNotModified) {
-				s.log.Debug("seed cache revalidated", "task", req.TaskID)
-				return cached, nil
-			}
-			if err != nil {
-				return blockstore.Task{}, fmt.Errorf("revalidate cached task %s at %s: %w", req.TaskID, req.URL, err)
-			}
-			if cached.ETag != "" && info.ETag == cached.ETag && info.Length == cached.Length {
-				// The origin ignored the condition but its validator is unchanged.
-				return cached, nil
-			}
-			s.log.Info("origin content changed; refetching", "task", req.TaskID, "url", req.URL)
-			if err := store.DeleteTask(req.TaskID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
-				return blockstore.Task{}, fmt.Errorf("drop stale copy of task %s: %w", req.TaskID, err)
-			}
-			s.cfg.OnReset(req.TaskID)
-			return s.create(ctx, req, info)
-		}
-	} else if !errors.Is(err, blockstore.ErrNotFound) {
-		return blockstore.Task{}, fmt.Errorf("look up task %s in the seed's store: %w", req.TaskID, err)
-	}
-	info, err := s.cfg.Source.Stat(ctx, req.URL, req.Header)
-	if err != nil {
-		return blockstore.Task{}, fmt.Errorf("seed task %s: stat origin %s: %w", req.TaskID, req.URL, err)
-	}
-	return s.create(ctx, req, info)
-}
-
-func sameDigest(a, b string) bool {
-	aa, ah, err1 := blockstore.ParseDigest(a)
-	ba, bh, err2 := blockstore.ParseDigest(b)
-	return err1 == nil && err2 == nil && aa == ba && ah == bh
-}
-
-func (s *Seed) create(ctx context.Context, req SeedRequest, info source.Info) (blockstore.Task, error) {
-	if info.Length < 0 {
-		return blockstore.Task{}, fmt.Errorf("seed task %s: origin %s declares no Content-Length, so the content cannot be cut into blocks; peers fetch it from the origin", req.TaskID, req.URL)
-	}
-	digest := req.Digest
-	if digest == "" {
-		digest = info.Digest
-	}
-	t, err := s.cfg.Store.CreateTask(ctx, blockstore.Task{
-		ID: req.TaskID, Source: req.URL, Length: info.Length, Digest: digest,
-		ETag: info.ETag, LastModified: info.LastModified,
-	})
-	if err != nil {
-		return blockstore.Task{}, fmt.Errorf("seed task %s: create it in the store: %w", req.TaskID, err)
-	}
-	return t, nil
 }
 
 // next claims the next block to fetch: wanted blocks first, then in order.
@@ -547,16 +584,14 @@ func (st *seedTask) stored(n int64) {
 }
 
 // fetchAll fetches every missing block with Concurrency parallel Range
-// requests; if the origin ignores Range it falls back to one stream.
-func (s *Seed) fetchAll(ctx context.Context, st *seedTask) error {
+// requests, one block each; if the origin ignores Range it falls back to
+// one stream.
+func (s *Seed) fetchAll(ctx context.Context, st *seedTask, req SeedRequest, meta blockstore.Task) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	var rangeIgnored atomic.Bool
-	st.mu.Lock()
-	meta := st.meta
-	st.mu.Unlock()
-	id, url := meta.ID, st.req.URL
+	id, url := meta.ID, req.URL
 	for range s.cfg.Concurrency {
 		wg.Add(1)
 		go func() {
@@ -567,7 +602,7 @@ func (s *Seed) fetchAll(ctx context.Context, st *seedTask) error {
 					return
 				}
 				off, n := int64(b)*meta.BlockSize, meta.BlockLen(b)
-				data, err := s.cfg.Source.ReadRange(ctx, url, st.req.Header, off, n)
+				data, err := s.cfg.Source.ReadRange(ctx, url, req.Header, off, n)
 				if errors.Is(err, source.ErrRangeIgnored) {
 					rangeIgnored.Store(true)
 					cancel(err)
@@ -587,7 +622,7 @@ func (s *Seed) fetchAll(ctx context.Context, st *seedTask) error {
 	}
 	wg.Wait()
 	if rangeIgnored.Load() && s.ctx.Err() == nil {
-		return s.streamAll(s.ctx, st, meta)
+		return s.streamAll(s.ctx, st, req, meta)
 	}
 	if err := context.Cause(ctx); err != nil {
 		return err
@@ -604,17 +639,26 @@ func (s *Seed) putBlock(ctx context.Context, st *seedTask, id string, b int, dat
 	return nil
 }
 
-// streamAll reads the whole body once and stores the blocks still missing.
-func (s *Seed) streamAll(ctx context.Context, st *seedTask, meta blockstore.Task) error {
-	id, url := meta.ID, st.req.URL
-	s.log.Info("origin ignores Range; seeding from one stream", "task", id, "url", url)
-	body, _, err := s.cfg.Source.Stream(ctx, url, st.req.Header, 0)
+// streamAll reads the body once and stores the blocks still missing; it
+// stops reading after the last of them.
+func (s *Seed) streamAll(ctx context.Context, st *seedTask, req SeedRequest, meta blockstore.Task) error {
+	id, url := meta.ID, req.URL
+	missing, err := s.cfg.Store.Missing(id)
+	if err != nil {
+		return fmt.Errorf("seed task %s: %w", id, err)
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	last := missing[len(missing)-1]
+	s.log.Info("origin ignores Range; seeding from one stream", "task", id, "url", url, "missing", len(missing))
+	body, _, err := s.cfg.Source.Stream(ctx, url, req.Header, 0)
 	if err != nil {
 		return fmt.Errorf("seed task %s: stream %s: %w", id, url, err)
 	}
 	defer body.Close()
 	buf := make([]byte, meta.BlockSize)
-	for b := range meta.NumBlocks() {
+	for b := 0; b <= last; b++ {
 		n := meta.BlockLen(b)
 		if _, err := io.ReadFull(body, buf[:n]); err != nil {
 			return fmt.Errorf("seed task %s: read block %d from the stream of %s: %w", id, b, url, err)

@@ -3,7 +3,9 @@ package supernode
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -119,6 +121,10 @@ func (v *service) applyHeld(hostID string, held *api.HeldTask) {
 		v.sn.log.Warn("host announced an unusable task; ignored", "host", hostID, "task", id, "err", err)
 		return
 	}
+	if v.stale(id, held.GetEtag()) {
+		v.sn.log.Debug("host announced blocks of content the origin has since changed; ignored", "host", hostID, "task", id)
+		return
+	}
 	if err := sched.SetHolding(id, hostID, held.GetBitmap()); err != nil {
 		v.sn.log.Warn("record holding", "host", hostID, "task", id, "err", err)
 	}
@@ -162,25 +168,30 @@ func (v *service) RegisterTask(ctx context.Context, req *api.RegisterTaskRequest
 	if meta.ID != "" && (meta.Private || source.Sensitive(hdr)) {
 		// Private content (fetched with credentials): a token only for a
 		// host whose own credentials the origin accepts for this content.
-		if aerr := v.checkAccess(ctx, req.GetUrl(), hdr, meta); aerr != nil {
+		if aerr := v.checkAccess(ctx, req.GetUrl(), hdr, meta); aerr == nil {
+			v.sn.grants.grant(id, req.GetHostId())
+		} else {
 			v.sn.log.Info("refused a private task to a host the origin did not accept", "host", req.GetHostId(), "task", id, "err", aerr)
 			return nil, status.Errorf(codes.PermissionDenied, "register task %s: the content is private and the origin did not accept this host's credentials for it: %v", id, aerr)
 		}
 	}
 	resp := &api.RegisterTaskResponse{}
-	var exp time.Time
-	resp.Token, exp = v.sn.IssueToken(id, req.GetHostId())
-	resp.TokenExpiresUnix = exp.Unix()
 	resp.Meta = &api.TaskMeta{TaskId: id, Url: req.GetUrl()}
 	if meta.ID != "" {
+		// A token only for content the seed resolved (and, if private,
+		// the origin accepted this host for): without one, no peer or seed
+		// serves the host a block of it.
+		var exp time.Time
+		resp.Token, exp = v.sn.IssueToken(id, req.GetHostId())
+		resp.TokenExpiresUnix = exp.Unix()
 		resp.Meta = &api.TaskMeta{TaskId: id, Length: meta.Length, BlockSize: meta.BlockSize, Digest: meta.Digest,
 			Etag: meta.ETag, LastModified: meta.LastModified, Url: req.GetUrl()}
 		if _, known := v.sn.sched.Task(id); !known {
 			// Forgotten while idle: register it again with the seed's blocks.
 			v.sn.registerSeedHolding(meta)
 		}
-		// Record what the host already holds.
-		if len(req.GetBitmap()) > 0 {
+		// Record what the host already holds (of this version of the content).
+		if len(req.GetBitmap()) > 0 && !v.stale(id, req.GetEtag()) {
 			if herr := v.sn.sched.SetHolding(id, req.GetHostId(), req.GetBitmap()); herr != nil {
 				v.sn.log.Warn("record holding", "host", req.GetHostId(), "task", id, "err", herr)
 			}
@@ -197,12 +208,49 @@ type accessChecker interface {
 	CheckAccess(ctx context.Context, url string, h http.Header, meta blockstore.Task) error
 }
 
-func (v *service) checkAccess(ctx context.Context, url string, h http.Header, meta blockstore.Task) error {
+// checkAccess asks the origin whether it accepts the registrant's headers
+// for this content. Only the origin the content came from can say so: for
+// a content-addressed task the registrant's URL must be on the same
+// scheme://host as the seed's source (else anyone could name a server of
+// his own that says yes to everything, and get the private blob by its
+// digest); a registry then checks the registrant's access to that blob in
+// that repository.
+func (v *service) checkAccess(ctx context.Context, rawURL string, h http.Header, meta blockstore.Task) error {
+	if !sameOrigin(rawURL, meta.Source) {
+		return fmt.Errorf("the content was fetched from another origin than %s; only that origin can vouch for a private copy", redactURL(rawURL))
+	}
 	c, ok := any(v.sn.seed).(accessChecker)
 	if !ok {
 		return errors.New("this supernode cannot check access to private content")
 	}
-	return c.CheckAccess(ctx, url, h, meta)
+	return c.CheckAccess(ctx, rawURL, h, meta)
+}
+
+// sameOrigin reports whether two URLs share scheme and host (and port).
+func sameOrigin(a, b string) bool {
+	ua, err1 := url.Parse(a)
+	ub, err2 := url.Parse(b)
+	return err1 == nil && err2 == nil && ua.Host != "" && strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Host, ub.Host)
+}
+
+// redactURL is a URL without its query (signed URLs carry secrets there).
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	u.RawQuery, u.User = "", nil
+	return u.String()
+}
+
+// stale reports whether a holding of content with the given ETag is of
+// another version than the seed's (the origin changed it since).
+func (v *service) stale(id, etag string) bool {
+	if etag == "" {
+		return false
+	}
+	meta, err := v.sn.store.Task(id)
+	return err == nil && meta.ETag != "" && meta.ETag != etag
 }
 
 func (v *service) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncResponse, error) {
@@ -214,6 +262,12 @@ func (v *service) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncResp
 	info, ok := sched.Task(id)
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "sync: task %s is not registered here (did the supernode restart?); call RegisterTask again", id)
+	}
+	if meta, err := v.sn.store.Task(id); err == nil && meta.Private && !v.sn.grants.granted(id, hostID) {
+		// Private content: parents and digests only for a host whose
+		// credentials the origin accepted in this process (after a
+		// restart the host registers again, bringing them).
+		return nil, status.Errorf(codes.NotFound, "sync: task %s is private and this host's access has not been checked since the supernode started; call RegisterTask again with its credentials", id)
 	}
 	// Known only from peers' announcements (after a restart), failed a while
 	// ago, or lost blocks: (re)start seeding so that digests become known.
@@ -316,6 +370,7 @@ func (v *service) Leave(_ context.Context, req *api.LeaveRequest) (*api.LeaveRes
 	v.sn.sched.Leave(req.GetHostId(), req.GetTaskId())
 	if req.GetTaskId() == "" {
 		v.sn.auth.forget(req.GetHostId())
+		v.sn.grants.forget(req.GetHostId())
 	}
 	return &api.LeaveResponse{}, nil
 }

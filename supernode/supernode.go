@@ -60,6 +60,10 @@ type Config struct {
 	// TokenTTL is how long a task token stays valid (default 1h); peers
 	// register again before it runs out.
 	TokenTTL time.Duration
+	// SeedRevalidateAfter: a registration revalidates a complete seeded
+	// task with its origin when the last check is older than this (default
+	// 1s, so a burst of registrations costs one conditional HEAD).
+	SeedRevalidateAfter time.Duration
 	// SyncWait bounds how long a Sync waits for the seed when none of the
 	// wanted blocks can be assigned yet (default 1s).
 	SyncWait time.Duration
@@ -77,6 +81,7 @@ type Supernode struct {
 	store  *blockstore.Store
 	signer ed25519.PrivateKey // signs task tokens (StoreDir/token.key is its seed)
 	auth   *hostAuth
+	grants *grants
 	checks *accusations
 	sched  *Scheduler
 	seed   *Seed
@@ -144,11 +149,12 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	s.sched = NewScheduler(cfg.Scheduler)
 	sc := s.sched.Config()
 	s.auth = newHostAuth(time.Duration(sc.MissedHeartbeats)*sc.HeartbeatInterval, sc.Now)
+	s.grants = newGrants()
 	s.seed = NewSeed(SeedConfig{
-		Store: s.store, Source: cfg.Source, Concurrency: cfg.SeedConcurrency, Logger: cfg.Logger,
+		Store: s.store, Source: cfg.Source, Concurrency: cfg.SeedConcurrency, Logger: cfg.Logger, RevalidateAfter: cfg.SeedRevalidateAfter,
 		OnMeta:    s.setSeedHolding,
 		OnBlock:   func(id string, idx int) { _ = s.sched.AddBlocks(id, s.cfg.SeedID, []int{idx}) },
-		OnReset:   func(id string) { s.sched.ResetTask(id, s.cfg.SeedID) },
+		OnReset:   func(id string) { s.sched.ForgetTask(id) },
 		OnDropped: func(id string, blocks []int) { s.sched.RemoveBlocks(id, s.cfg.SeedID, blocks) },
 	})
 	s.announceSeed()
@@ -248,6 +254,7 @@ func (s *Supernode) janitor() {
 			s.announceSeed()
 			for _, id := range s.sched.Expire() {
 				s.log.Info("host expired: missed its heartbeats; dropped its holdings", "host", id)
+				s.grants.forget(id)
 			}
 			s.auth.expire()
 		}

@@ -2,7 +2,6 @@ package supernode
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -247,6 +246,6 @@ func TestBadBlockReports(t *testing.T) {
 	started := len(sn.checks.inflight)
 	sn.checks.mu.Unlock()
 	if started != 0 || s.Blocked(id, "honest") {
-		t.Fatal(fmt.Sprintf("a discredited reporter's report was acted on (%d checks started)", started))
+		t.Fatalf("a discredited reporter's report was acted on (%d checks started)", started)
 	}
 }

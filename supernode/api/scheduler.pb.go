@@ -104,13 +104,16 @@ func (x *Host) GetUploadCapacity() int64 {
 }
 
 type HeldTask struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	Bitmap        []byte                 `protobuf:"bytes,2,opt,name=bitmap,proto3" json:"bitmap,omitempty"`
-	Url           string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
-	Length        int64                  `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
-	BlockSize     int64                  `protobuf:"varint,5,opt,name=block_size,json=blockSize,proto3" json:"block_size,omitempty"`
-	Tag           string                 `protobuf:"bytes,6,opt,name=tag,proto3" json:"tag,omitempty"` // part of URL-derived task ids: the supernode checks the id against url + tag
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	TaskId    string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Bitmap    []byte                 `protobuf:"bytes,2,opt,name=bitmap,proto3" json:"bitmap,omitempty"`
+	Url       string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	Length    int64                  `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	BlockSize int64                  `protobuf:"varint,5,opt,name=block_size,json=blockSize,proto3" json:"block_size,omitempty"`
+	Tag       string                 `protobuf:"bytes,6,opt,name=tag,proto3" json:"tag,omitempty"` // part of URL-derived task ids: the supernode checks the id against url + tag
+	// The origin's ETag of the content held: a holding of content the origin
+	// has since changed (another ETag than the seed's) is ignored.
+	Etag          string `protobuf:"bytes,7,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -183,6 +186,13 @@ func (x *HeldTask) GetBlockSize() int64 {
 func (x *HeldTask) GetTag() string {
 	if x != nil {
 		return x.Tag
+	}
+	return ""
+}
+
+func (x *HeldTask) GetEtag() string {
+	if x != nil {
+		return x.Etag
 	}
 	return ""
 }
@@ -383,6 +393,7 @@ type RegisterTaskRequest struct {
 	// digest (TaskIDForDigest) or url + tag (TaskIDForURL) and refuses a
 	// task_id that does not match, so an id always names its content.
 	Tag           string `protobuf:"bytes,7,opt,name=tag,proto3" json:"tag,omitempty"`
+	Etag          string `protobuf:"bytes,8,opt,name=etag,proto3" json:"etag,omitempty"` // of the content in bitmap (see HeldTask.etag)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -462,6 +473,13 @@ func (x *RegisterTaskRequest) GetBitmap() []byte {
 func (x *RegisterTaskRequest) GetTag() string {
 	if x != nil {
 		return x.Tag
+	}
+	return ""
+}
+
+func (x *RegisterTaskRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
 	}
 	return ""
 }
@@ -1173,7 +1191,7 @@ const file_scheduler_proto_rawDesc = "" +
 	"uploadAddr\x12\x10\n" +
 	"\x03idc\x18\x03 \x01(\tR\x03idc\x12\x12\n" +
 	"\x04rack\x18\x04 \x01(\tR\x04rack\x12'\n" +
-	"\x0fupload_capacity\x18\x05 \x01(\x03R\x0euploadCapacity\"\x96\x01\n" +
+	"\x0fupload_capacity\x18\x05 \x01(\x03R\x0euploadCapacity\"\xaa\x01\n" +
 	"\bHeldTask\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06bitmap\x18\x02 \x01(\fR\x06bitmap\x12\x10\n" +
@@ -1181,7 +1199,8 @@ const file_scheduler_proto_rawDesc = "" +
 	"\x06length\x18\x04 \x01(\x03R\x06length\x12\x1d\n" +
 	"\n" +
 	"block_size\x18\x05 \x01(\x03R\tblockSize\x12\x10\n" +
-	"\x03tag\x18\x06 \x01(\tR\x03tag\"\xcc\x01\n" +
+	"\x03tag\x18\x06 \x01(\tR\x03tag\x12\x12\n" +
+	"\x04etag\x18\a \x01(\tR\x04etag\"\xcc\x01\n" +
 	"\x0fAnnounceRequest\x12+\n" +
 	"\x04host\x18\x01 \x01(\v2\x17.dfly.scheduler.v1.HostR\x04host\x12/\n" +
 	"\x04held\x18\x02 \x03(\v2\x1b.dfly.scheduler.v1.HeldTaskR\x04held\x12*\n" +
@@ -1193,7 +1212,7 @@ const file_scheduler_proto_rawDesc = "" +
 	"\x11token_public_keys\x18\x03 \x03(\fR\x0ftokenPublicKeys\"2\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xd0\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xe4\x01\n" +
 	"\x13RegisterTaskRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x10\n" +
@@ -1201,7 +1220,8 @@ const file_scheduler_proto_rawDesc = "" +
 	"\aheaders\x18\x04 \x03(\v2\x19.dfly.scheduler.v1.HeaderR\aheaders\x12\x16\n" +
 	"\x06digest\x18\x05 \x01(\tR\x06digest\x12\x16\n" +
 	"\x06bitmap\x18\x06 \x01(\fR\x06bitmap\x12\x10\n" +
-	"\x03tag\x18\a \x01(\tR\x03tag\"\xdc\x01\n" +
+	"\x03tag\x18\a \x01(\tR\x03tag\x12\x12\n" +
+	"\x04etag\x18\b \x01(\tR\x04etag\"\xdc\x01\n" +
 	"\bTaskMeta\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\x03R\x06length\x12\x1d\n" +
