@@ -11,16 +11,20 @@ import (
 
 	"github.com/dfly-p2p/dfly/cmd/internal/cli"
 	"github.com/dfly-p2p/dfly/peer"
+	"github.com/dfly-p2p/dfly/peer/mirror"
 )
 
 const usageText = `Usage: dfdaemon --supernode HOST:PORT [flags]
 
 Runs the dfly peer of this host: block store, upload server for other peers,
-P2P downloads through the supernode, and the local API (unix socket) that
-dfget uses. Without --supernode it serves dfget in origin mode only.
+P2P downloads through the supernode, the local API (unix socket) that dfget
+uses, and a registry mirror (the OCI pull API) through which containerd, CRI,
+nerdctl and Docker pull every layer peer to peer (see docs/containerd.md;
+"dfctl containerd configure" points containerd at it). Without --supernode it
+serves in origin mode only.
 
 When ready it prints one line:
-  dfdaemon ready sock=PATH upload=HOST:PORT
+  dfdaemon ready sock=PATH upload=HOST:PORT mirror=HOST:PORT
 and it leaves the swarm cleanly on SIGINT/SIGTERM.
 
 Flags:
@@ -31,6 +35,9 @@ Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage.
 // options are the parsed flags.
 type options struct {
 	cfg                             peer.DaemonConfig
+	mirrorListen, mirrorRegistry    string
+	mirrorListenSet                 bool
+	mirrorInsecure                  []string
 	quota, uploadRate, downloadRate string
 	logLevel                        string
 }
@@ -64,6 +71,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.cfg.BlockTimeout, "block-timeout", 60*time.Second, "give a block up to the origin when the swarm has not delivered it within this time")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&o.cfg.CorruptUploads, "debug-corrupt-uploads", false, "TEST HOOK: serve every block with one byte flipped (to test liar detection); never use in production")
+	fs.StringVar(&o.mirrorListen, "mirror-listen", mirror.DefaultListen, "registry mirror listen address (\"\" disables the mirror)")
+	fs.StringVar(&o.mirrorRegistry, "mirror-registry", "", "registry for mirror requests that name none (Docker's registry-mirrors), e.g. docker.io")
+	fs.StringSliceVar(&o.mirrorInsecure, "mirror-insecure", nil, "registry HOST:PORT the mirror reaches over plain HTTP (loopback always is); repeatable")
 	help := fs.BoolP("help", "h", false, "show this help")
 	usage := fmt.Sprintf(usageText, fs.FlagUsages())
 	if err := fs.Parse(args); err != nil {
@@ -73,6 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		fmt.Fprint(stderr, usage)
 		return o, errHelp
 	}
+	o.mirrorListenSet = fs.Changed("mirror-listen")
 	if fs.NArg() > 0 {
 		return o, &usageError{fmt.Errorf("unexpected arguments %q", fs.Args()), usage}
 	}
@@ -114,9 +125,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "dfdaemon:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "dfdaemon ready sock=%s upload=%s\n", d.SockPath(), d.UploadAddr())
+	m, mirrorAddr, err := startMirror(o, d, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "dfdaemon:", err)
+		d.Close()
+		return 1
+	}
+	fmt.Fprintf(stdout, "dfdaemon ready sock=%s upload=%s mirror=%s\n", d.SockPath(), d.UploadAddr(), mirrorAddr)
 	<-ctx.Done()
 	log.Info("shutting down")
+	m.close()
 	if err := d.Close(); err != nil {
 		fmt.Fprintln(stderr, "dfdaemon: shutdown:", err)
 		return 1
