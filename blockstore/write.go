@@ -101,8 +101,8 @@ func (s *Store) PutBlock(ctx context.Context, id string, idx int, data []byte) e
 	}
 	st.wmu.Lock()
 	defer st.wmu.Unlock()
+	st.mu.Lock() // st.task changes under st.mu (a drop turns the task pending)
 	off := int64(idx) * st.task.BlockSize
-	st.mu.Lock()
 	write, err := s.checkPutLocked(st, idx, data, sum[:])
 	st.mu.Unlock()
 	if err != nil || !write {

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -115,9 +117,15 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.Sock), 0o755); err != nil {
 		return nil, fmt.Errorf("dfdaemon: create socket directory: %w", err)
 	}
-	if c, derr := DialDaemon(ctx, cfg.Sock); derr == nil {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	c, derr := DialDaemon(pctx, cfg.Sock)
+	cancel()
+	switch {
+	case derr == nil:
 		c.Close()
 		return nil, fmt.Errorf("dfdaemon: another dfdaemon already answers on %s; stop it or pass --sock", cfg.Sock)
+	case !errors.Is(derr, ErrNoDaemon):
+		return nil, fmt.Errorf("dfdaemon: something listens on %s but does not answer (a hung dfdaemon?); stop it or pass --sock: %w", cfg.Sock, derr)
 	}
 	_ = os.Remove(cfg.Sock) // stale socket of a dead daemon
 	d.sockLn, err = net.Listen("unix", cfg.Sock)
@@ -127,6 +135,13 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	cleanup = append(cleanup, func() { d.sockLn.Close(); os.Remove(cfg.Sock) })
 	if err := os.Chmod(cfg.Sock, 0o666); err != nil {
 		return nil, fmt.Errorf("dfdaemon: chmod %s: %w", cfg.Sock, err)
+	}
+	// Go listens with the largest backlog the kernel allows
+	// (net.core.somaxconn); a client finding the accept queue full waits
+	// and retries (see dialDaemon), but a short queue makes bursts slow.
+	if n, err := somaxconn(); err == nil && n < minSockBacklog {
+		d.log.Warn("the local API's accept queue is short: bursts of more dfget clients than this wait for their turn",
+			"net.core.somaxconn", n, "raise_with", fmt.Sprintf("sysctl -w net.core.somaxconn=%d", 4096))
 	}
 
 	var sw Swarm
@@ -197,6 +212,18 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	return d, nil
 }
 
+// minSockBacklog is the accept queue below which the daemon warns.
+const minSockBacklog = 1024
+
+// somaxconn reads the kernel's cap on listen backlogs.
+func somaxconn() (int, error) {
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
 // advertiseAddr turns a listen address into one peers can reach.
 func advertiseAddr(a *net.TCPAddr) string {
 	if !a.IP.IsUnspecified() {
@@ -248,19 +275,29 @@ func (d *Daemon) Download(ctx context.Context, dr DownloadRequest, cred *syscall
 		}
 	}
 	start := time.Now()
+	// Open first: a request the origin refuses (or a private task the
+	// caller may not read) leaves no file behind, not even a temporary one.
+	t, err := d.engine.Open(ctx, req)
+	if err != nil {
+		return DownloadResult{}, fmt.Errorf("download %s: %w", dr.URL, err)
+	}
+	opened := time.Since(start)
 	opts := DownloadOptions{Progress: progress}
 	var of *outputFile
 	if dr.Output != "" {
 		// The engine writes each block to the output as soon as it is
 		// stored (the verified bytes, while the transfer runs) and the rest
 		// in the pass that verifies the whole content.
-		var err error
-		if of, err = createOutput(dr.Output); err != nil {
+		if of, err = createOutput(dr.Output, d.log); err != nil {
 			return DownloadResult{}, err
 		}
 		opts.OutputAt = of.w
 	}
-	res, err := d.engine.Download(ctx, req, opts)
+	res, err := t.Download(ctx, opts)
+	res.Open = opened
+	if res.FirstBlock > 0 {
+		res.FirstBlock += opened
+	}
 	if err != nil {
 		if of != nil {
 			of.abort()

@@ -12,7 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,6 +90,9 @@ type Config struct {
 	// for small reads (a FUSE read of 4 KiB should not re-read and re-verify a
 	// 16 MiB block). Default 4.
 	CacheBlocks int
+	// RevalidateTimeout bounds the origin check of an Open of stored
+	// content (see Open). Default 10s.
+	RevalidateTimeout time.Duration
 }
 
 // Engine fetches tasks into the block store. It is safe for concurrent use.
@@ -102,7 +105,10 @@ type Engine struct {
 	bg      chan struct{}
 
 	mu    sync.Mutex
-	tasks map[string]*Task
+	tasks map[string]*Task // published only once their store entry exists
+
+	opens     flightGroup[*Task]   // one Open per request at a time (see opener.key)
+	mutations flightGroup[created] // one creation or replacement per task ID at a time
 
 	fallbacks atomic.Int64
 }
@@ -124,6 +130,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.CacheBlocks <= 0 {
 		cfg.CacheBlocks = 4
 	}
+	if cfg.RevalidateTimeout <= 0 {
+		cfg.RevalidateTimeout = defaultRevalidateTimeout
+	}
 	e := &Engine{cfg: cfg, store: cfg.Store, src: cfg.Source, log: cfg.Logger,
 		bg: make(chan struct{}, cfg.Concurrency), tasks: map[string]*Task{}}
 	if cfg.DownloadRate > 0 {
@@ -139,141 +148,33 @@ func (e *Engine) Store() *blockstore.Store { return e.store }
 // Fallbacks counts operations that went to the origin because the swarm failed.
 func (e *Engine) Fallbacks() int64 { return e.fallbacks.Load() }
 
-// Close forgets open tasks. The store is owned by the caller.
+// Close stops the Opens in progress and forgets open tasks. The store is
+// owned by the caller.
 func (e *Engine) Close() error {
+	e.opens.close()
+	e.mutations.close()
 	e.mu.Lock()
 	e.tasks = map[string]*Task{}
 	e.mu.Unlock()
 	return nil
 }
 
-// ID returns the task ID a request maps to.
-func (r Request) ID() (string, error) {
-	if r.TaskID != "" {
-		return r.TaskID, nil
-	}
-	if r.URL == "" {
-		return "", fmt.Errorf("request has neither URL nor task ID: %w", blockstore.ErrInvalid)
-	}
-	return blockstore.TaskIDForURL(r.URL, r.Tag, "")
-}
-
-// Open resolves a task. If the store has it, no network is used (unless the
-// task is pending and the origin reports changed content); otherwise the swarm
-// or the origin is asked for its metadata and the task is created.
-func (e *Engine) Open(ctx context.Context, req Request) (*Task, error) {
-	id, err := req.ID()
-	if err != nil {
-		return nil, err
-	}
-	if req.Digest != "" {
-		if _, _, err := blockstore.ParseDigest(req.Digest); err != nil {
-			return nil, err
-		}
-	}
-	e.mu.Lock()
-	if t, ok := e.tasks[id]; ok {
-		e.mu.Unlock()
-		if err := t.adoptDigest(req.Digest); err != nil {
-			return nil, err
-		}
-		return t, nil
-	}
-	e.mu.Unlock()
-
-	if meta, err := e.store.Task(id); err == nil {
-		t := e.register(id, req)
-		if meta.State == blockstore.StatePending && req.URL != "" && e.cfg.Swarm == nil {
-			if changed := e.originChanged(ctx, req, meta); changed {
-				e.log.Warn("origin content changed since the download started; starting over", "task", id, "url", req.URL)
-				if err := e.store.DeleteTask(id); err != nil {
-					return nil, err
-				}
-				return e.create(ctx, id, req, t)
-			}
-		}
-		if err := t.adoptDigest(req.Digest); err != nil {
-			return nil, err
-		}
-		return t, nil
-	} else if !errors.Is(err, blockstore.ErrNotFound) {
-		return nil, err
-	}
-	return e.create(ctx, id, req, e.register(id, req))
-}
-
-func (e *Engine) register(id string, req Request) *Task {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if t, ok := e.tasks[id]; ok {
-		return t
-	}
-	t := &Task{e: e, id: id, req: req, inflight: map[int]*call{}, cache: newBlockCache(e.cfg.CacheBlocks)}
-	e.tasks[id] = t
-	return t
-}
-
-// originChanged reports whether the origin's validators differ from the
-// stored ones (a resumed download must not mix two versions). Errors mean
-// "cannot tell": the stored blocks are kept.
-func (e *Engine) originChanged(ctx context.Context, req Request, meta blockstore.Task) bool {
-	if meta.ETag == "" && meta.LastModified == "" {
-		return false
-	}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	info, err := e.src.Stat(sctx, req.URL, req.Header)
-	if err != nil {
-		return false
-	}
-	return info.Length != meta.Length || (meta.ETag != "" && info.ETag != "" && info.ETag != meta.ETag)
-}
-
-func (e *Engine) create(ctx context.Context, id string, req Request, t *Task) (*Task, error) {
-	var meta blockstore.Task
-	var err error
-	if e.cfg.Swarm != nil {
-		meta, err = e.cfg.Swarm.Resolve(ctx, req, id)
-		if err != nil {
-			e.fallbacks.Add(1)
-			e.log.Warn("swarm could not resolve the task; asking the origin", "task", id, "err", err)
-		}
-	}
-	if e.cfg.Swarm == nil || err != nil {
-		if req.URL == "" {
-			return nil, fmt.Errorf("task %s is not in the store and the request has no URL: %w", id, blockstore.ErrNotFound)
-		}
-		info, err := e.src.Stat(ctx, req.URL, req.Header)
-		if err != nil {
-			return nil, fmt.Errorf("ask origin about %s: %w", req.URL, err)
-		}
-		if info.Length < 0 {
-			return nil, fmt.Errorf("origin %s did not report the content length; dfly needs it to cut the content into blocks: %w", req.URL, blockstore.ErrInvalid)
-		}
-		meta = blockstore.Task{Length: info.Length, Digest: info.Digest, ETag: info.ETag, LastModified: info.LastModified}
-	}
-	meta.ID = id
-	if meta.Source == "" {
-		meta.Source = req.URL
-	}
-	if req.Digest != "" {
-		meta.Digest = req.Digest // the user's digest wins over the origin's
-	}
-	if _, err := e.store.CreateTask(ctx, meta); err != nil {
-		e.mu.Lock()
-		delete(e.tasks, id)
-		e.mu.Unlock()
-		return nil, err
-	}
-	return t, nil
-}
-
 // Task is an open task. Handles are shared: opening the same task twice gives
 // the same *Task, so concurrent readers share in-flight fetches.
 type Task struct {
-	e   *Engine
-	id  string
-	req Request
+	e  *Engine
+	id string
+
+	reqMu sync.Mutex
+	req   Request // the last request the origin accepted for it (origin fetches use it)
+
+	// gen is held shared while a block is stored and exclusively to retire
+	// the handle (Engine.retire: the task is being replaced because the
+	// origin's content changed); a retired handle stores nothing more.
+	gen     sync.RWMutex
+	retired bool // guarded by gen
+
+	completing chan struct{} // holds one token: serialises the final verification of concurrent downloads
 
 	mu       sync.Mutex
 	inflight map[int]*call
@@ -302,19 +203,60 @@ type TaskStats struct {
 // ID returns the task ID.
 func (t *Task) ID() string { return t.id }
 
-// Request returns the request the task was opened with.
-func (t *Task) Request() Request { return t.req }
+// Request returns the request the task was last opened with that the
+// origin accepted (or the first, when none was checked).
+func (t *Task) Request() Request {
+	t.reqMu.Lock()
+	defer t.reqMu.Unlock()
+	return t.req
+}
+
+func (t *Task) setRequest(r Request) {
+	t.reqMu.Lock()
+	t.req = r
+	t.reqMu.Unlock()
+}
 
 // Engine returns the engine the task belongs to.
 func (t *Task) Engine() *Engine { return t.e }
 
-// Info returns the task's current metadata.
+// Info returns the task's current metadata (only the ID if the store lost
+// the task, e.g. it was evicted or replaced).
 func (t *Task) Info() blockstore.Task {
-	meta, err := t.e.store.Task(t.id)
+	meta, err := t.meta()
 	if err != nil {
 		return blockstore.Task{ID: t.id}
 	}
 	return meta
+}
+
+// meta returns the task's current metadata, or why there is none.
+func (t *Task) meta() (blockstore.Task, error) {
+	t.gen.RLock()
+	retired := t.retired
+	t.gen.RUnlock()
+	if retired {
+		return blockstore.Task{ID: t.id}, fmt.Errorf("task %s: %w", t.id, errReplaced)
+	}
+	meta, err := t.e.store.Task(t.id)
+	if err != nil {
+		return blockstore.Task{ID: t.id}, fmt.Errorf("task %s: %w", t.id, err)
+	}
+	return meta, nil
+}
+
+// errReplaced: the handle's task was replaced by a newer copy (the origin's
+// content changed while it was in use).
+var errReplaced = errors.New("the origin's content changed while it was downloaded and the task was started over; run again")
+
+// put stores block idx unless the handle was retired.
+func (t *Task) put(ctx context.Context, idx int, data []byte) error {
+	t.gen.RLock()
+	defer t.gen.RUnlock()
+	if t.retired {
+		return fmt.Errorf("store block %d of task %s: %w", idx, t.id, errReplaced)
+	}
+	return t.e.store.PutBlock(ctx, t.id, idx, data)
 }
 
 // Missing lists the blocks not yet stored.
@@ -331,12 +273,27 @@ func (t *Task) Stats() TaskStats {
 // ForegroundInFlight is the number of foreground reads in progress.
 func (t *Task) ForegroundInFlight() int { return int(t.fg.Load()) }
 
+// adoptDigest makes d (a digest the caller declared) the task's digest: a
+// complete task must then be verified against it again. A complete task
+// whose content was hashed whole to d is verified against it.
 func (t *Task) adoptDigest(d string) error {
 	if d == "" {
 		return nil
 	}
-	meta, err := t.e.store.Task(t.id)
-	if err != nil || meta.Digest == d {
+	meta, err := t.meta()
+	if err != nil {
+		return err
+	}
+	if strings.EqualFold(meta.Digest, d) {
+		if meta.State != blockstore.StateComplete || meta.Verified {
+			return nil
+		}
+		_, err = t.e.store.UpdateTask(t.id, func(m *blockstore.Task) error {
+			if m.State == blockstore.StateComplete && strings.EqualFold(m.Digest, d) {
+				m.Verified = true
+			}
+			return nil
+		})
 		return err
 	}
 	_, err = t.e.store.UpdateTask(t.id, func(m *blockstore.Task) error { m.Digest = d; return nil })
@@ -360,7 +317,10 @@ func (t *Task) Fetch(ctx context.Context, idx int, prio Priority) error {
 		if t.e.store.HasBlock(t.id, idx) {
 			return nil
 		}
-		meta := t.Info()
+		meta, err := t.meta()
+		if err != nil {
+			return fmt.Errorf("fetch block %d: %w", idx, err)
+		}
 		if idx < 0 || idx >= meta.NumBlocks() {
 			return fmt.Errorf("block %d of task %s: out of range [0,%d): %w", idx, t.id, meta.NumBlocks(), blockstore.ErrInvalid)
 		}
@@ -399,42 +359,41 @@ func (t *Task) fetch(ctx context.Context, idx int, prio Priority) error {
 	if t.rangeIgnored.Load() {
 		return t.streamAll(ctx)
 	}
-	meta := t.Info()
+	meta, err := t.meta()
+	if err != nil {
+		return fmt.Errorf("fetch block %d: %w", idx, err)
+	}
 	n := meta.BlockLen(idx)
 	if sw := t.e.cfg.Swarm; sw != nil {
-		data, from, err := sw.FetchBlock(WithPriority(ctx, prio), t, idx)
-		if err == nil && data != nil { // nil: the swarm stored it itself
-			if err = t.e.store.PutBlock(ctx, t.id, idx, data); err == nil {
-				t.stored(idx, data)
-			}
-		}
+		from, err := t.fetchFromSwarm(ctx, sw, idx, prio)
 		if err == nil {
 			t.count(from, n)
 			sw.Stored(t, idx)
 			return nil
 		}
-		if isCtxErr(err) && ctx.Err() != nil {
+		if isCtxErr(err) && ctx.Err() != nil || errors.Is(err, errReplaced) {
 			return err
 		}
 		t.e.fallbacks.Add(1)
 		t.e.log.Warn("swarm could not deliver block; fetching it from the origin", "task", t.id, "block", idx, "err", err)
 	}
-	if t.req.URL == "" {
+	req := t.Request()
+	if req.URL == "" {
 		return fmt.Errorf("block %d of task %s: no origin URL to fetch it from: %w", idx, t.id, blockstore.ErrNotFound)
 	}
 	if err := t.e.wait(ctx, n); err != nil {
 		return err
 	}
-	data, err := t.e.src.ReadRange(ctx, t.req.URL, t.req.Header, int64(idx)*meta.BlockSize, n)
+	data, err := t.e.src.ReadRange(ctx, req.URL, req.Header, int64(idx)*meta.BlockSize, n)
 	if errors.Is(err, source.ErrRangeIgnored) {
-		t.e.log.Warn("origin ignores Range requests; falling back to one stream", "url", t.req.URL)
+		t.e.log.Warn("origin ignores Range requests; falling back to one stream", "url", req.URL)
 		t.rangeIgnored.Store(true)
 		return t.streamAll(ctx)
 	}
 	if err != nil {
 		return fmt.Errorf("fetch block %d of task %s from origin: %w", idx, t.id, err)
 	}
-	if err := t.e.store.PutBlock(ctx, t.id, idx, data); err != nil {
+	if err := t.put(ctx, idx, data); err != nil {
 		return err
 	}
 	t.stored(idx, data)
@@ -443,6 +402,23 @@ func (t *Task) fetch(ctx context.Context, idx int, prio Priority) error {
 		sw.Stored(t, idx)
 	}
 	return nil
+}
+
+// fetchFromSwarm fetches block idx through the swarm and stores it. The
+// handle cannot be retired meanwhile (the swarm may store the block itself).
+func (t *Task) fetchFromSwarm(ctx context.Context, sw Swarm, idx int, prio Priority) (From, error) {
+	t.gen.RLock()
+	defer t.gen.RUnlock()
+	if t.retired {
+		return 0, fmt.Errorf("fetch block %d of task %s: %w", idx, t.id, errReplaced)
+	}
+	data, from, err := sw.FetchBlock(WithPriority(ctx, prio), t, idx)
+	if err == nil && data != nil { // nil: the swarm stored it itself
+		if err = t.e.store.PutBlock(ctx, t.id, idx, data); err == nil {
+			t.stored(idx, data)
+		}
+	}
+	return from, err
 }
 
 func (t *Task) count(from From, n int64) {
@@ -482,10 +458,14 @@ func (t *Task) streamAll(ctx context.Context) error {
 	if len(missing) == 0 {
 		return nil
 	}
-	meta := t.Info()
-	body, _, err := t.e.src.Stream(ctx, t.req.URL, t.req.Header, 0)
+	meta, err := t.meta()
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", t.req.URL, err)
+		return err
+	}
+	req := t.Request()
+	body, _, err := t.e.src.Stream(ctx, req.URL, req.Header, 0)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", req.URL, err)
 	}
 	defer body.Close()
 	buf := make([]byte, meta.BlockSize)
@@ -495,13 +475,13 @@ func (t *Task) streamAll(ctx context.Context) error {
 			return err
 		}
 		if _, err := io.ReadFull(body, buf[:n]); err != nil {
-			return fmt.Errorf("stream %s: block %d: %w", t.req.URL, idx, err)
+			return fmt.Errorf("stream %s: block %d: %w", req.URL, idx, err)
 		}
 		t.bytesOrigin.Add(n)
 		if t.e.store.HasBlock(t.id, idx) {
 			continue
 		}
-		if err := t.e.store.PutBlock(ctx, t.id, idx, buf[:n]); err != nil {
+		if err := t.put(ctx, idx, buf[:n]); err != nil {
 			return err
 		}
 		t.stored(idx, buf[:n])
@@ -517,7 +497,10 @@ func (t *Task) streamAll(ctx context.Context) error {
 func (t *Task) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	t.fg.Add(1)
 	defer t.fg.Add(-1)
-	meta := t.Info()
+	meta, err := t.meta()
+	if err != nil {
+		return 0, fmt.Errorf("read: %w", err)
+	}
 	if off < 0 {
 		return 0, fmt.Errorf("read task %s at %d: %w", t.id, off, blockstore.ErrInvalid)
 	}
@@ -575,498 +558,6 @@ func (t *Task) block(ctx context.Context, idx int) ([]byte, error) {
 			return nil, err
 		}
 	}
-}
-
-// Complete verifies the whole content and marks the task complete. When a
-// stored block turns out corrupt (or the whole digest does not match), every
-// block is scrubbed, the bad ones are refetched and verification runs again
-// (twice at most). A mismatch with no corrupt block is final.
-func (t *Task) Complete(ctx context.Context) (blockstore.Task, error) {
-	return t.complete(ctx, nil)
-}
-
-// complete is Complete streaming the verified content to w (nil: nowhere).
-// w must accept a restart: after a failed pass it is rewound via Seek, or,
-// when it cannot be, the error is returned.
-func (t *Task) complete(ctx context.Context, w io.Writer) (blockstore.Task, error) {
-	emit, reset := writerOutput(w)
-	return t.completeFunc(ctx, nil, emit, reset)
-}
-
-// completeAt is Complete writing each block at its offset in w.
-func (t *Task) completeAt(ctx context.Context, w io.WriterAt) (blockstore.Task, error) {
-	emit, reset := t.writerAtOutput(w, nil)
-	return t.completeFunc(ctx, nil, emit, reset)
-}
-
-// writerOutput returns the emit and reset of the verification passes (see
-// completeFunc) that write the content to w in order; a repair pass
-// rewinds w first.
-func writerOutput(w io.Writer) (emit func(int, []byte) error, reset func() error) {
-	if w == nil {
-		return nil, nil
-	}
-	emit = func(_ int, blk []byte) error {
-		_, err := w.Write(blk)
-		return err
-	}
-	return emit, func() error { return rewind(w) }
-}
-
-// writerAtOutput returns the emit and reset of the verification passes (see
-// completeFunc) that write each block at its offset in w, except the blocks
-// m (if not nil) already wrote there. After a repair every block is written
-// again.
-func (t *Task) writerAtOutput(w io.WriterAt, m *outputMirror) (emit func(int, []byte) error, reset func() error) {
-	bs := t.Info().BlockSize
-	// emit and reset never run at the same time: reset runs between the
-	// passes of completeFunc, after the download's early hash stopped.
-	emit = func(idx int, blk []byte) error {
-		if m != nil && m.wrote(idx) {
-			return nil
-		}
-		_, err := w.WriteAt(blk, int64(idx)*bs)
-		return err
-	}
-	reset = func() error {
-		m = nil
-		return nil
-	}
-	return emit, reset
-}
-
-// completeFunc runs the verification passes, emitting every block of a
-// pass that verifies (reset is called before a pass that follows a repair).
-// The first pass continues c when c is not nil (a hash the download
-// advanced while its blocks arrived); the others start from the first block.
-func (t *Task) completeFunc(ctx context.Context, c *blockstore.ContentHash, emit func(int, []byte) error, reset func() error) (blockstore.Task, error) {
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 && reset != nil {
-			if err := reset(); err != nil {
-				return t.Info(), err
-			}
-		}
-		var meta blockstore.Task
-		var err error
-		early := attempt == 0 && c != nil && c.Hashed() > 0
-		if attempt == 0 && c != nil {
-			meta, err = t.e.store.CompleteHash(ctx, c, emit)
-		} else {
-			meta, err = t.e.store.VerifyAndCompleteFunc(ctx, t.id, emit)
-		}
-		if err == nil || attempt >= 2 {
-			return meta, err
-		}
-		switch {
-		case errors.Is(err, blockstore.ErrCorrupt), errors.Is(err, blockstore.ErrDigestMismatch):
-			n, serr := t.e.store.Scrub(ctx, t.id)
-			if serr != nil {
-				return meta, serr
-			}
-			if n == 0 && errors.Is(err, blockstore.ErrDigestMismatch) && !early {
-				return meta, err // every block is intact: the content itself is not what was declared
-			}
-			// (A hash started while the blocks arrived may have read a
-			// block that was dropped and fetched again since: a full pass
-			// decides.)
-			if n > 0 {
-				t.e.log.Warn("dropped corrupt stored blocks; fetching them again", "task", t.id, "blocks", n)
-			}
-		case errors.Is(err, blockstore.ErrIncomplete), errors.Is(err, blockstore.ErrNotFound):
-			// A block went missing (or was dropped during the pass): fetch
-			// what is missing and verify again.
-		default:
-			return meta, err
-		}
-		for _, idx := range t.Missing() {
-			if err := t.Fetch(ctx, idx, Background); err != nil {
-				return meta, err
-			}
-		}
-	}
-}
-
-// rewind truncates and rewinds an output for a second verification pass.
-func rewind(w io.Writer) error {
-	type truncSeeker interface {
-		io.Seeker
-		Truncate(int64) error
-	}
-	ts, ok := w.(truncSeeker)
-	if !ok {
-		return fmt.Errorf("output cannot be rewritten after a corrupt block was found; run again")
-	}
-	if err := ts.Truncate(0); err != nil {
-		return err
-	}
-	_, err := ts.Seek(0, io.SeekStart)
-	return err
-}
-
-// DownloadOptions tune Download.
-type DownloadOptions struct {
-	// Progress, if set, is called after every stored block, never concurrently.
-	Progress func(Progress)
-	// Output, if set, receives the verified content, written in the same
-	// pass as the whole-content verification. If it is an *os.File (or has
-	// Seek and Truncate) a repair pass can rewrite it.
-	Output io.Writer
-	// OutputAt, if set (instead of Output), receives every block at its
-	// offset: each block this download fetches as soon as it is stored, so
-	// that writing the output overlaps the transfer, and the others in the
-	// verification pass. When Download succeeds the output holds exactly
-	// the verified content: every block written was verified against its
-	// digest, and the pass checked the whole content.
-	OutputAt io.WriterAt
-}
-
-// outputMirror writes the blocks a download stores to its OutputAt at once,
-// from the very bytes the store verified (Task.stored), so writing the
-// output overlaps the transfer. The download closes it before its
-// verification pass.
-type outputMirror struct {
-	t  *Task
-	w  io.WriterAt
-	bs int64
-
-	mu      sync.RWMutex // writes hold it shared; close exclusively
-	closed  bool
-	failed  atomic.Bool       // a write failed: leave the rest to the verification pass
-	written blockstore.Bitmap // guarded by wmu
-	wmu     sync.Mutex
-}
-
-func newOutputMirror(t *Task, w io.WriterAt) *outputMirror {
-	meta := t.Info()
-	m := &outputMirror{t: t, w: w, bs: meta.BlockSize, written: blockstore.NewBitmap(meta.NumBlocks())}
-	t.mu.Lock()
-	if t.mirrors == nil {
-		t.mirrors = map[*outputMirror]struct{}{}
-	}
-	t.mirrors[m] = struct{}{}
-	t.mu.Unlock()
-	return m
-}
-
-// write writes block idx (verified bytes) unless the mirror is closed or a
-// write failed before (the verification pass then writes the rest and
-// reports the error).
-func (m *outputMirror) write(idx int, data []byte) {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	if m.closed || m.failed.Load() {
-		return
-	}
-	if _, err := m.w.WriteAt(data, int64(idx)*m.bs); err != nil {
-		m.t.e.log.Debug("writing output while downloading failed; the verification pass writes the rest", "task", m.t.id, "err", err)
-		m.failed.Store(true)
-		return
-	}
-	m.wmu.Lock()
-	m.written.Set(idx)
-	m.wmu.Unlock()
-}
-
-// close detaches the mirror and waits for writes in progress.
-func (m *outputMirror) close() {
-	m.t.mu.Lock()
-	delete(m.t.mirrors, m)
-	m.t.mu.Unlock()
-	m.mu.Lock()
-	m.closed = true
-	m.mu.Unlock()
-}
-
-func (m *outputMirror) wrote(idx int) bool {
-	m.wmu.Lock()
-	defer m.wmu.Unlock()
-	return m.written.Has(idx)
-}
-
-// stored hands block idx, just verified and stored, to the outputs of the
-// downloads of this task that are running (see DownloadOptions.OutputAt).
-// data is only read, during the call.
-func (t *Task) stored(idx int, data []byte) {
-	t.mu.Lock()
-	if len(t.mirrors) == 0 {
-		t.mu.Unlock()
-		return
-	}
-	ms := make([]*outputMirror, 0, len(t.mirrors))
-	for m := range t.mirrors {
-		ms = append(ms, m)
-	}
-	t.mu.Unlock()
-	for _, m := range ms {
-		m.write(idx, data)
-	}
-}
-
-// Progress of a download.
-type Progress struct {
-	Done, Total int64 // bytes present / content length
-	Stats       TaskStats
-}
-
-// Result of a completed download.
-type Result struct {
-	Task     blockstore.Task
-	Stats    TaskStats
-	Duration time.Duration
-	// Open is the time to resolve the task (swarm registration or origin
-	// stat); FirstBlock the time from the start to the first block stored;
-	// Verify the time of the final whole-content pass (verification and
-	// writing the output), after the last block arrived.
-	Open, FirstBlock, Verify time.Duration
-	// HashedEarly is how many blocks (from the first) the whole-content
-	// hash had covered while blocks still arrived; the final pass hashed
-	// the rest.
-	HashedEarly int
-	Fallback    int64 // operations that fell back to the origin
-}
-
-// Download fetches every missing block of the task and verifies the whole content.
-func (e *Engine) Download(ctx context.Context, req Request, opt DownloadOptions) (Result, error) {
-	start := time.Now()
-	fb := e.fallbacks.Load()
-	t, err := e.Open(ctx, req)
-	if err != nil {
-		return Result{}, err
-	}
-	opened := time.Since(start)
-	res, err := t.download(ctx, opt)
-	res.Duration, res.Open = time.Since(start), opened
-	if res.FirstBlock > 0 {
-		res.FirstBlock += opened
-	}
-	res.Fallback = e.fallbacks.Load() - fb
-	if sw := e.cfg.Swarm; sw != nil {
-		sw.Done(t, err)
-	}
-	return res, err
-}
-
-func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error) {
-	meta := t.Info()
-	if meta.State == blockstore.StateComplete {
-		t.bytesLocal.Add(meta.Length)
-		if opt.Output != nil {
-			if _, err := t.e.store.WriteTo(ctx, t.id, opt.Output); err != nil {
-				if !errors.Is(err, blockstore.ErrCorrupt) {
-					return Result{Task: meta, Stats: t.Stats()}, err
-				}
-				// A block rotted since completion: repair, then write again.
-				meta, err = t.complete(ctx, opt.Output)
-				return Result{Task: meta, Stats: t.Stats()}, err
-			}
-		}
-		if w := opt.OutputAt; w != nil {
-			err := t.e.store.ForEachBlock(ctx, t.id, func(idx int, blk []byte) error {
-				_, err := w.WriteAt(blk, int64(idx)*meta.BlockSize)
-				return err
-			})
-			if errors.Is(err, blockstore.ErrCorrupt) { // rotted since completion: repair, write again
-				meta, err = t.completeAt(ctx, w)
-			}
-			return Result{Task: meta, Stats: t.Stats()}, err
-		}
-		return Result{Task: meta, Stats: t.Stats()}, nil
-	}
-	missing := t.Missing()
-	var done atomic.Int64
-	done.Store(meta.Length - missingBytes(meta, missing))
-	t.bytesLocal.Add(done.Load())
-	var reportMu sync.Mutex // Progress is called from one goroutine at a time
-	report := func() {
-		if opt.Progress != nil {
-			reportMu.Lock()
-			defer reportMu.Unlock()
-			opt.Progress(Progress{Done: done.Load(), Total: meta.Length, Stats: t.Stats()})
-		}
-	}
-	report()
-
-	var mirror *outputMirror
-	emit, reset := writerOutput(opt.Output)
-	if opt.OutputAt != nil {
-		mirror = newOutputMirror(t, opt.OutputAt)
-		emit, reset = t.writerAtOutput(opt.OutputAt, mirror)
-	}
-	began := time.Now()
-	var first sync.Once
-	var firstBlock time.Duration
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	hasher := t.startPrefixHash(ctx, mirror.holdBack(missing, emit))
-	work := make(chan int)
-	var wg sync.WaitGroup
-	for range t.e.cfg.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for idx := range work {
-				if err := t.Fetch(ctx, idx, Background); err != nil {
-					cancel(err)
-					return
-				}
-				first.Do(func() { firstBlock = time.Since(began) })
-				done.Add(meta.BlockLen(idx))
-				hasher.kick()
-				report()
-			}
-		}()
-	}
-	t.feed(ctx, missing, work)
-	close(work)
-	wg.Wait()
-	c := hasher.stop()
-	early := 0
-	if c != nil {
-		early = c.Hashed()
-	}
-	if mirror != nil {
-		mirror.close()
-	}
-	if err := context.Cause(ctx); err != nil {
-		return Result{Task: t.Info(), Stats: t.Stats()}, err
-	}
-	verifying := time.Now()
-	meta, err := t.completeFunc(ctx, c, emit, reset)
-	return Result{Task: meta, Stats: t.Stats(), FirstBlock: firstBlock, Verify: time.Since(verifying), HashedEarly: early}, err
-}
-
-// prefixHash advances a download's whole-content hash (and writes its
-// output, through emit) while the blocks arrive: after every block stored
-// it hashes the blocks present after the last one hashed. The download
-// fetches its last blocks in file order (see feed), so little is left to
-// hash when the last block lands. Its goroutine is owned by the download,
-// which stops it before the final pass.
-type prefixHash struct {
-	c     *blockstore.ContentHash
-	kicks chan struct{}
-	quit  chan struct{}
-	done  chan struct{}
-}
-
-func (t *Task) startPrefixHash(ctx context.Context, emit func(int, []byte) error) *prefixHash {
-	c, err := t.e.store.NewContentHash(t.id)
-	if err != nil {
-		t.e.log.Debug("no early whole-content hash; the final pass hashes everything", "task", t.id, "err", err)
-		return nil
-	}
-	p := &prefixHash{c: c, kicks: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		for {
-			select {
-			case <-p.quit:
-				return
-			case <-ctx.Done():
-				return
-			case <-p.kicks:
-			}
-			if _, err := t.e.store.HashPresent(ctx, c, emit); err != nil && !errors.Is(err, errNotYet) {
-				// The final pass hashes (and writes) the rest and reports
-				// the error if it persists.
-				t.e.log.Debug("early whole-content hash stopped", "task", t.id, "err", err)
-				return
-			}
-		}
-	}()
-	p.kick()
-	return p
-}
-
-// errNotYet stops the early hash at a block until the next kick.
-var errNotYet = errors.New("block not written to the output yet")
-
-// holdBack wraps the emit of a download's early hash (emit writes what m
-// has not written): a block the download was missing when it started is
-// present in the store a moment before m writes it, so the hash waits for
-// m rather than write it twice. Without m it returns emit.
-func (m *outputMirror) holdBack(missing []int, emit func(int, []byte) error) func(int, []byte) error {
-	if m == nil {
-		return emit
-	}
-	fetching := blockstore.NewBitmap(m.t.Info().NumBlocks())
-	for _, idx := range missing {
-		fetching.Set(idx)
-	}
-	return func(idx int, blk []byte) error {
-		if fetching.Has(idx) && !m.wrote(idx) && !m.failed.Load() {
-			return errNotYet
-		}
-		return emit(idx, blk)
-	}
-}
-
-// kick tells the hash that a block was stored.
-func (p *prefixHash) kick() {
-	if p == nil {
-		return
-	}
-	select {
-	case p.kicks <- struct{}{}:
-	default:
-	}
-}
-
-// stop stops the goroutine and returns the hash for the final pass (nil if
-// there is none).
-func (p *prefixHash) stop() *blockstore.ContentHash {
-	if p == nil {
-		return nil
-	}
-	close(p.quit)
-	<-p.done
-	return p.c
-}
-
-// reorderEvery is how many blocks a download dispatches before asking the
-// swarm again for its preferred order (rarity changes as the swarm fills).
-const reorderEvery = 64
-
-// tailFraction: a download dispatches the last 1/tailFraction of a task's
-// blocks in file order, so that its whole-content hash (prefixHash) can
-// follow them instead of running after the last block. By then every host
-// of a swarm holds a different random three quarters of the task, so file
-// order over what each one still misses keeps their requests spread.
-const tailFraction = 4
-
-// feed sends every block of missing to work, in the swarm's order, asking
-// for a fresh order every reorderEvery blocks, and the last blocks of the
-// task (see tailFraction) in file order.
-func (t *Task) feed(ctx context.Context, missing []int, work chan<- int) {
-	sw := t.e.cfg.Swarm
-	tail := t.Info().NumBlocks() / tailFraction
-	pending := missing
-	for len(pending) > 0 {
-		var n int
-		switch {
-		case sw == nil || len(pending) <= tail:
-			slices.Sort(pending)
-			n = len(pending)
-		default:
-			pending = sw.Order(t, pending)
-			n = min(reorderEvery, len(pending)-tail)
-		}
-		for _, idx := range pending[:n] {
-			select {
-			case work <- idx:
-			case <-ctx.Done():
-				return
-			}
-		}
-		pending = append([]int(nil), pending[n:]...)
-	}
-}
-
-func missingBytes(meta blockstore.Task, missing []int) int64 {
-	var n int64
-	for _, idx := range missing {
-		n += meta.BlockLen(idx)
-	}
-	return n
 }
 
 // blockCache keeps the last few verified blocks of a task in memory.

@@ -6,30 +6,36 @@ package peer
 //	                    DownloadEvent lines: {"event":"progress",...} at most
 //	                    every 250ms, then one {"event":"result",...} or
 //	                    {"event":"error","error":"..."}.
-//	GET  /v1/tasks      JSON array of the store's tasks
+//	GET  /v1/tasks      JSON array of the store's tasks; their details
+//	                    (source URL, which may carry a signed query, tag,
+//	                    validators, digest) for root and the daemon's own
+//	                    user only, IDs, sizes and states for others
 //	GET  /v1/stats      JSON DaemonStats
+//	GET  /v1/ping       204: the daemon answers (dfget's probe)
 //	GET  /debug/pprof/  Go profiles (net/http/pprof), for root and the
 //	                    daemon's own user only:
 //	                    curl --unix-socket SOCK http://d/debug/pprof/profile?seconds=20 > cpu.pprof
 //
 // Output: the daemon itself writes the file named by DownloadRequest.Output
-// (an absolute path) atomically — a temporary file in the output's directory,
-// renamed over the output only after every block was read back verified and
-// the whole content matched its digest — then hands it to the caller's uid/gid
-// (from SO_PEERCRED). A caller that is neither root nor the daemon's user may
-// only write into a directory it owns. With Output empty the content is only
-// fetched into the store (preheating a host).
+// (an absolute path) atomically — a temporary file in the output's directory
+// (".NAME.dfly-tmp-PID-RANDOM", see localapi_output.go), renamed over the
+// output only after every block was verified, the whole content matched its
+// digest and the file has exactly the content's length — then hands it to
+// the caller's uid/gid (from SO_PEERCRED). A caller that is neither root nor
+// the daemon's user may only write into a directory it owns. A caller that
+// goes away (dfget killed) cancels its download, and its temporary file is
+// removed. With Output empty the content is only fetched into the store
+// (preheating a host).
 
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -40,7 +46,6 @@ import (
 	"time"
 
 	"github.com/dfly-p2p/dfly/blockstore"
-	"github.com/dfly-p2p/dfly/internal/directio"
 )
 
 // DefaultSocketPath is where dfdaemon listens by default: /run/dfly/dfdaemon.sock
@@ -134,8 +139,9 @@ func peerCred(c net.Conn) (*syscall.Ucred, bool) {
 func (a *localAPI) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/download", a.download)
-	mux.HandleFunc("GET /v1/tasks", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, a.d.store.List())
+	mux.HandleFunc("GET /v1/tasks", a.tasks)
+	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, a.d.Stats())
@@ -149,13 +155,42 @@ func (a *localAPI) handler() http.Handler {
 // show what other users download.
 func (a *localAPI) ownerOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		cred, _ := r.Context().Value(credKey{}).(*syscall.Ucred)
-		if cred == nil || (cred.Uid != 0 && int(cred.Uid) != os.Geteuid()) {
+		if !isOwner(r) {
 			http.Error(w, "profiles are for root and the daemon's user only", http.StatusForbidden)
 			return
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// isOwner reports whether the caller (SO_PEERCRED) is root or the daemon's
+// own user.
+func isOwner(r *http.Request) bool {
+	cred, _ := r.Context().Value(credKey{}).(*syscall.Ucred)
+	return cred != nil && (cred.Uid == 0 || int(cred.Uid) == os.Geteuid())
+}
+
+// taskSummary is what /v1/tasks tells a caller that is neither root nor the
+// daemon's user: a task's source URL may carry a signed query string, and
+// its other details say what someone else downloaded.
+type taskSummary struct {
+	ID        string           `json:"id"`
+	Length    int64            `json:"length"`
+	BlockSize int64            `json:"block_size"`
+	State     blockstore.State `json:"state"`
+}
+
+func (a *localAPI) tasks(w http.ResponseWriter, r *http.Request) {
+	tasks := a.d.store.List()
+	if isOwner(r) {
+		writeJSON(w, tasks)
+		return
+	}
+	out := make([]taskSummary, len(tasks))
+	for i, t := range tasks {
+		out[i] = taskSummary{ID: t.ID, Length: t.Length, BlockSize: t.BlockSize, State: t.State}
+	}
+	writeJSON(w, out)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -235,108 +270,103 @@ func checkOutput(out string, cred *syscall.Ucred) error {
 	return fmt.Errorf("output directory %s is not owned by uid %d; the daemon writes only into directories the caller owns", dir, cred.Uid)
 }
 
-// outputFile is an output being written: a temporary file next to its
-// final name, renamed into place by commit (or removed by abort), so a
-// reader never sees a partial file. It is written around the page cache
-// (the store already caches these bytes; see internal/directio).
-type outputFile struct {
-	f   *os.File
-	w   *directio.File
-	out string
-}
-
-func createOutput(out string) (*outputFile, error) {
-	dir := filepath.Dir(out)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(out)+".dfly-*")
-	if err != nil {
-		return nil, fmt.Errorf("create temporary output in %s: %w", dir, err)
-	}
-	return &outputFile{f: f, w: directio.New(f), out: out}, nil
-}
-
-func (o *outputFile) abort() {
-	o.w.Close()
-	o.f.Close()
-	os.Remove(o.f.Name())
-}
-
-// commit makes the written content (task meta) the output file: its sha256
-// checked against a declared one, synced, handed to the caller (cred),
-// renamed into place. It returns the content's sha256. Complete content is
-// not hashed again: its sha256 was computed (or checked against the
-// declared one) by the whole-content verification that completed it, and
-// the store hands out only blocks that match their per-block digests, so
-// the copy is that content. Anything else is read back and hashed.
-func (o *outputFile) commit(meta blockstore.Task, cred *syscall.Ucred) (_ string, err error) {
-	defer func() {
-		if err != nil {
-			o.abort()
-		}
-	}()
-	tmp := o.f
-	if err := o.w.Flush(); err != nil {
-		return "", err
-	}
-	algo, want, derr := blockstore.ParseDigest(meta.Digest)
-	sum := want
-	if derr != nil || algo != "sha256" || !(meta.Verified || meta.State == blockstore.StateComplete) {
-		h := sha256.New()
-		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-			return "", fmt.Errorf("read back %s: %w", tmp.Name(), err)
-		}
-		if _, err := io.Copy(h, tmp); err != nil {
-			return "", fmt.Errorf("read back %s: %w", tmp.Name(), err)
-		}
-		sum = hex.EncodeToString(h.Sum(nil))
-		if derr == nil && algo == "sha256" && want != sum {
-			return "", fmt.Errorf("content written to %s has sha256 %s, want %s: %w", o.out, sum, want, blockstore.ErrDigestMismatch)
-		}
-	}
-	if err := tmp.Sync(); err != nil {
-		return "", fmt.Errorf("sync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return "", fmt.Errorf("close %s: %w", tmp.Name(), err)
-	}
-	if cred != nil && os.Geteuid() == 0 && cred.Uid != 0 {
-		if err := os.Chown(tmp.Name(), int(cred.Uid), int(cred.Gid)); err != nil {
-			return "", fmt.Errorf("hand %s to uid %d: %w", o.out, cred.Uid, err)
-		}
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return "", fmt.Errorf("chmod %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), o.out); err != nil {
-		return "", fmt.Errorf("rename to %s: %w", o.out, err)
-	}
-	return sum, nil
-}
-
 // DaemonClient talks to a running dfdaemon over its unix socket.
 type DaemonClient struct {
 	sock string
 	http *http.Client
 }
 
-// ErrNoDaemon means no dfdaemon answered on the socket.
+// ErrNoDaemon means no dfdaemon listens on the socket: it does not exist,
+// or nothing accepts connections on it.
 var ErrNoDaemon = errors.New("no dfdaemon running")
 
+// daemonPatience bounds how long a client waits for a daemon that exists
+// but does not accept or answer (a burst of clients filled its accept
+// queue, or it is overloaded) before giving up on it.
+const daemonPatience = 30 * time.Second
+
 // DialDaemon returns a client for the daemon on sock after checking that it
-// answers (within 2s). It fails with ErrNoDaemon when nothing listens there.
+// answers. It fails with ErrNoDaemon only when nothing listens there (the
+// socket does not exist, or refuses connections); a daemon that is busy
+// (its accept queue full, slow to answer) is waited for, with backoff,
+// until ctx ends or 30s passed, then reported as not answering.
 func DialDaemon(ctx context.Context, sock string) (*DaemonClient, error) {
 	c := &DaemonClient{sock: sock, http: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
+			return dialDaemon(ctx, sock)
 		},
+		MaxIdleConnsPerHost: 4,
 	}}}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, daemonPatience)
 	defer cancel()
-	if _, err := c.Stats(ctx); err != nil {
+	if err := c.ping(ctx); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("dfdaemon socket %s: %v: %w", sock, err, ErrNoDaemon)
+		if noDaemon(err) {
+			return nil, fmt.Errorf("dfdaemon socket %s: %v: %w", sock, err, ErrNoDaemon)
+		}
+		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+			return nil, fmt.Errorf("dfdaemon socket %s: this user may not connect to it; ask the daemon's owner, or pass --store DIR to download without it: %w", sock, err)
+		}
+		return nil, fmt.Errorf("dfdaemon on %s does not answer (%w); it may be overloaded: run again, or pass --store DIR to download without it", sock, err)
 	}
 	return c, nil
+}
+
+// noDaemon reports a dial error that means nothing listens on the socket.
+func noDaemon(err error) bool {
+	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// dialDaemon connects to the daemon's socket. A full accept queue
+// (EAGAIN: more clients at once than the listen backlog) is not the
+// absence of a daemon: it is retried with backoff for up to daemonPatience.
+func dialDaemon(ctx context.Context, sock string) (net.Conn, error) {
+	var d net.Dialer
+	deadline := time.Now().Add(daemonPatience)
+	delay := 2 * time.Millisecond
+	for {
+		conn, err := d.DialContext(ctx, "unix", sock)
+		if err == nil || !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
+			return conn, err
+		}
+		t := time.NewTimer(delay/2 + rand.N(delay/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (waiting for the daemon to accept: %w)", err, ctx.Err())
+		case <-t.C:
+		}
+		delay = min(2*delay, 250*time.Millisecond)
+	}
+}
+
+// ping checks that the daemon answers HTTP (any status: an older daemon
+// without /v1/ping answers 404), retrying failed attempts until ctx ends
+// unless nothing listens.
+func (c *DaemonClient) ping(ctx context.Context) error {
+	delay := 10 * time.Millisecond
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dfdaemon/v1/ping", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := c.http.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		if noDaemon(err) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) || ctx.Err() != nil {
+			return err // (no permission to connect: waiting will not help)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		delay = min(2*delay, 500*time.Millisecond)
+	}
 }
 
 // Close releases idle connections.

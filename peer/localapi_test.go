@@ -116,7 +116,7 @@ func TestDefaultSocketPath(t *testing.T) {
 // writeOutput writes the stored content of task id to out through an
 // outputFile, as Daemon.Download does with the engine's output.
 func writeOutput(ctx context.Context, store *blockstore.Store, id, out string, cred *syscall.Ucred) (string, error) {
-	o, err := createOutput(out)
+	o, err := createOutput(out, quietLogger())
 	if err != nil {
 		return "", err
 	}

@@ -22,8 +22,8 @@ import (
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/cmd/internal/cli"
 	"github.com/dfly-p2p/dfly/internal/directio"
-	"github.com/dfly-p2p/dfly/peer"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/peer"
 )
 
 // Exit codes a script can rely on.
@@ -292,11 +292,13 @@ func (d *downloader) run(ctx context.Context) (string, peer.Result, error) {
 	}
 	defer eng.Close()
 
+	start := time.Now()
 	task, err := eng.Open(ctx, d.req)
 	if err != nil {
 		return "", peer.Result{}, err
 	}
-	out, err := newOutput(d.o.output)
+	opened := time.Since(start)
+	out, err := newOutput(d.o.output, d.log)
 	if err != nil {
 		return "", peer.Result{}, err
 	}
@@ -306,10 +308,15 @@ func (d *downloader) run(ctx context.Context) (string, peer.Result, error) {
 	defer out.abort()
 	prog := newProgress(d.stderr, d.o.quiet)
 	defer prog.finish()
-	res, err := eng.Download(ctx, d.req, peer.DownloadOptions{Progress: prog.update, Output: out})
+	res, err := task.Download(ctx, peer.DownloadOptions{Progress: prog.update, Output: out})
+	res.Open, res.Duration = opened, res.Duration+opened
 	prog.finish()
 	if err != nil {
 		return "", res, err
+	}
+	if out.n != res.Task.Length {
+		return "", res, fmt.Errorf("output %s: %d bytes written, the content has %d; not saved, run again: %w",
+			d.o.output, out.n, res.Task.Length, blockstore.ErrIncomplete)
 	}
 	if err := out.commit(); err != nil {
 		return "", res, err
@@ -322,26 +329,30 @@ func (d *downloader) run(ctx context.Context) (string, peer.Result, error) {
 
 // output is a temporary file beside the target that receives the verified
 // content (hashing it on the way) and is renamed into place only on commit,
-// so the target path only ever holds complete, verified content.
+// so the target path only ever holds complete, verified content. It is
+// named and locked as the daemon's are (peer.CreateOutputTemp), so a dfget
+// killed with -9 leaves a file the next download of the same output removes.
 type output struct {
 	path    string
 	f       *os.File
 	w       *directio.File // writes f around the page cache (the store caches these bytes)
 	h       hash.Hash
 	hashing bool
+	n       int64 // bytes written since the last rewind
 	done    bool
 }
 
-func newOutput(path string) (*output, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".dfly-*")
+func newOutput(path string, log *slog.Logger) (*output, error) {
+	f, err := peer.CreateOutputTemp(path, log)
 	if err != nil {
-		return nil, fmt.Errorf("create output beside %s: %w", path, err)
+		return nil, err
 	}
 	return &output{path: path, f: f, w: directio.New(f), h: sha256.New()}, nil
 }
 
 func (o *output) Write(p []byte) (int, error) {
 	n, err := o.w.Write(p)
+	o.n += int64(n)
 	if o.hashing {
 		o.h.Write(p[:n])
 	}
@@ -356,6 +367,7 @@ func (o *output) Seek(off int64, whence int) (int64, error) { return o.w.Seek(of
 
 func (o *output) Truncate(n int64) error {
 	o.h.Reset()
+	o.n = n
 	return o.w.Truncate(n)
 }
 
@@ -368,9 +380,6 @@ func (o *output) commit() error {
 	if err := o.f.Sync(); err != nil {
 		return fmt.Errorf("write %s: %w", o.path, err)
 	}
-	if err := o.f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", o.path, err)
-	}
 	if err := os.Chmod(o.f.Name(), 0o644); err != nil {
 		return err
 	}
@@ -378,13 +387,16 @@ func (o *output) commit() error {
 		return fmt.Errorf("move output into place at %s: %w", o.path, err)
 	}
 	o.done = true
+	if err := o.f.Close(); err != nil { // (releases the lock, now on the output)
+		return fmt.Errorf("write %s: %w", o.path, err)
+	}
 	return nil
 }
 
 func (o *output) abort() {
 	if !o.done {
-		o.f.Close()
 		os.Remove(o.f.Name())
+		o.f.Close()
 	}
 }
 
@@ -394,8 +406,11 @@ func (o *output) abort() {
 func (d *downloader) daemon(ctx context.Context, explicitLocal bool) (*peer.DaemonClient, error) {
 	if d.o.daemonSock != "" {
 		c, err := peer.DialDaemon(ctx, d.o.daemonSock)
-		if err != nil {
+		if errors.Is(err, peer.ErrNoDaemon) {
 			return nil, fmt.Errorf("--daemon-sock %s: %w (is dfdaemon running?)", d.o.daemonSock, err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--daemon-sock %s: %w", d.o.daemonSock, err)
 		}
 		return c, nil
 	}
@@ -403,8 +418,13 @@ func (d *downloader) daemon(ctx context.Context, explicitLocal bool) (*peer.Daem
 		return nil, nil
 	}
 	c, err := peer.DialDaemon(ctx, peer.DefaultSocketPath())
+	if errors.Is(err, peer.ErrNoDaemon) || errors.Is(err, syscall.EACCES) {
+		return nil, nil // no local daemon (for this user): download in this process
+	}
 	if err != nil {
-		return nil, nil // no local daemon: download in this process
+		// A daemon is there but does not answer: bypassing it would
+		// download into another store behind its back.
+		return nil, err
 	}
 	d.log.Info("using the local dfdaemon", "sock", peer.DefaultSocketPath())
 	return c, nil

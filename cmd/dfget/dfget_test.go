@@ -22,16 +22,16 @@ import (
 	"github.com/dfly-p2p/dfly/internal/source"
 )
 
-var dfgetBin string
+var dfgetBin, dfdaemonBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "dfget-bin")
 	if err != nil {
 		panic(err)
 	}
-	dfgetBin = filepath.Join(dir, "dfget")
-	if out, err := exec.Command("go", "build", "-o", dfgetBin, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build dfget: %v\n%s", err, out)
+	dfgetBin, dfdaemonBin = filepath.Join(dir, "dfget"), filepath.Join(dir, "dfdaemon")
+	if out, err := exec.Command("go", "build", "-o", dir+"/", ".", "../dfdaemon").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build dfget and dfdaemon: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -137,9 +137,16 @@ func TestKill9AndResume(t *testing.T) {
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Fatalf("output exists after kill -9: %v", err)
 	}
+	stale := tempFiles(dir)
+	if len(stale) != 1 {
+		t.Fatalf("after kill -9: temporary outputs %v, want the killed dfget's one", stale)
+	}
 	code, msg := dfget(u, "-O", out, "--store", store)
 	if code != 0 {
 		t.Fatalf("resume exit %d: %s", code, msg)
+	}
+	if left := tempFiles(dir); len(left) != 0 {
+		t.Fatalf("the killed dfget's temporary output was not removed by the next run: %v", left)
 	}
 	if got, want := fileSHA(t, out), c.Digest("sha256"); got != want {
 		t.Fatalf("resumed output %s, want %s", got, want)

@@ -37,8 +37,8 @@ import (
 	"github.com/dfly-p2p/dfly/blockstore"
 	dfs "github.com/dfly-p2p/dfly/fs"
 	"github.com/dfly-p2p/dfly/fs/prefetch"
-	"github.com/dfly-p2p/dfly/peer"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/peer"
 )
 
 // Exit codes (documented in --help).

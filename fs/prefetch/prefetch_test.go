@@ -14,8 +14,8 @@ import (
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/integration/origin"
-	"github.com/dfly-p2p/dfly/peer"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/peer"
 )
 
 // env is a real origin, block store and peer engine.
