@@ -2,6 +2,7 @@ package peer
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -148,8 +149,12 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	if cfg.Supernode != "" {
 		d.upload = NewUploadServer(UploadConfig{Store: d.store, Rate: cfg.UploadRate, MaxUploads: cfg.MaxUploads,
 			CorruptUploads: cfg.CorruptUploads, Logger: cfg.Logger})
+		secret, serr := loadOrCreateHostSecret(filepath.Join(cfg.StoreDir, "host.secret"))
+		if serr != nil {
+			return nil, fmt.Errorf("dfdaemon: %w", serr)
+		}
 		d.swarm, err = NewSwarm(ctx, SwarmConfig{
-			Supernode: cfg.Supernode, Store: d.store, HostID: cfg.HostID, UploadAddr: d.advert,
+			Supernode: cfg.Supernode, Store: d.store, HostID: cfg.HostID, UploadAddr: d.advert, HostSecret: secret,
 			IDC: cfg.IDC, Rack: cfg.Rack, UploadCapacity: cfg.UploadRate, BlockTimeout: cfg.BlockTimeout,
 			UploadStats: func() (int32, int64) {
 				s := d.upload.Stats()
@@ -348,4 +353,29 @@ func (d *Daemon) Close() error {
 		os.Remove(d.sock)
 	})
 	return err
+}
+
+// loadOrCreateHostSecret returns the host's secret for the supernode's
+// host authentication (SwarmConfig.HostSecret), kept beside the store so a
+// restarted daemon keeps its host id.
+func loadOrCreateHostSecret(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if s := strings.TrimSpace(string(b)); len(s) >= 16 {
+			return s, nil
+		}
+		return "", fmt.Errorf("host secret %s is too short; delete it to make a new one", path)
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read host secret: %w", err)
+	}
+	s := rand.Text()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(s+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write host secret: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("install host secret: %w", err)
+	}
+	return s, nil
 }

@@ -125,3 +125,24 @@ func TestDaemonOriginModeAndErrors(t *testing.T) {
 		t.Fatalf("dial of a missing socket: %v, want ErrNoDaemon", err)
 	}
 }
+
+func TestHostSecretPersists(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "host.secret")
+	a, err := loadOrCreateHostSecret(path)
+	if err != nil || len(a) < 16 {
+		t.Fatalf("new secret %q, %v", a, err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file mode: %v %v", fi, err)
+	}
+	b, err := loadOrCreateHostSecret(path)
+	if err != nil || b != a {
+		t.Fatalf("secret after a restart %q, %v; want %q", b, err, a)
+	}
+	if err := os.WriteFile(path, []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadOrCreateHostSecret(path); err == nil {
+		t.Fatal("a truncated secret was accepted")
+	}
+}
