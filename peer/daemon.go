@@ -3,6 +3,7 @@ package peer
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,7 +54,10 @@ type DaemonConfig struct {
 	// CorruptUploads is a TEST HOOK (dfdaemon --debug-corrupt-uploads): the
 	// upload server flips a byte of every block it serves.
 	CorruptUploads bool
-	Logger         *slog.Logger
+	// TLS configures HTTPS to origins and registries (source.LoadCAs for a
+	// private CA); nil = the system CAs.
+	TLS    *tls.Config
+	Logger *slog.Logger
 }
 
 // Daemon is a running dfdaemon: block store, engine, swarm, upload server and local API.
@@ -169,7 +173,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		d.upload.cfg.Tokens = d.swarm
 		sw = d.swarm
 	}
-	d.engine, err = New(Config{Store: d.store, Source: source.New(source.Options{Logger: cfg.Logger}),
+	d.engine, err = New(Config{Store: d.store, Source: source.New(source.Options{Logger: cfg.Logger, TLS: cfg.TLS}),
 		Concurrency: cfg.Concurrency, DownloadRate: cfg.DownloadRate, Logger: cfg.Logger, Swarm: sw})
 	if err != nil {
 		return nil, err

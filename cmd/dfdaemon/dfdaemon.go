@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dfly-p2p/dfly/cmd/internal/cli"
+	"github.com/dfly-p2p/dfly/internal/source"
 	"github.com/dfly-p2p/dfly/peer"
 	"github.com/dfly-p2p/dfly/peer/mirror"
 )
@@ -38,6 +39,7 @@ type options struct {
 	mirrorListen, mirrorRegistry    string
 	mirrorListenSet                 bool
 	mirrorInsecure                  []string
+	caFiles                         []string
 	quota, uploadRate, downloadRate string
 	logLevel                        string
 }
@@ -74,6 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.mirrorListen, "mirror-listen", mirror.DefaultListen, "registry mirror listen address (\"\" disables the mirror)")
 	fs.StringVar(&o.mirrorRegistry, "mirror-registry", "", "registry for mirror requests that name none (Docker's registry-mirrors), e.g. docker.io")
 	fs.StringSliceVar(&o.mirrorInsecure, "mirror-insecure", nil, "registry HOST:PORT the mirror reaches over plain HTTP (loopback always is); repeatable")
+	fs.StringSliceVar(&o.caFiles, "ca-file", nil, "PEM file of CA certificates trusted (besides the system's) for HTTPS origins and registries; repeatable")
 	help := fs.BoolP("help", "h", false, "show this help")
 	usage := fmt.Sprintf(usageText, fs.FlagUsages())
 	if err := fs.Parse(args); err != nil {
@@ -88,6 +91,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, &usageError{fmt.Errorf("unexpected arguments %q", fs.Args()), usage}
 	}
 	var err error
+	if len(o.caFiles) > 0 {
+		if o.cfg.TLS, err = source.LoadCAs(o.caFiles...); err != nil {
+			return o, &usageError{fmt.Errorf("--ca-file: %w", err), usage}
+		}
+	}
 	for _, f := range []struct {
 		name string
 		s    string

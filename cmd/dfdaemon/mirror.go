@@ -36,7 +36,9 @@ func startMirror(o options, d *peer.Daemon, log *slog.Logger) (*runningMirror, s
 		}
 		return nil, "", fmt.Errorf("registry mirror cannot listen on %s (--mirror-listen): %w", o.mirrorListen, err)
 	}
-	m, err := mirror.New(mirror.Config{Engine: d.Engine(), Registry: o.mirrorRegistry, Insecure: o.mirrorInsecure, Logger: log})
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = o.cfg.TLS
+	m, err := mirror.New(mirror.Config{Engine: d.Engine(), Registry: o.mirrorRegistry, Insecure: o.mirrorInsecure, Transport: tr, Logger: log})
 	if err != nil {
 		ln.Close()
 		return nil, "", err

@@ -23,6 +23,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/dfly-p2p/dfly/internal/source"
 	"github.com/dfly-p2p/dfly/supernode"
 )
 
@@ -62,6 +63,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.SeedConcurrency, "seed-concurrency", 6, "parallel Range requests to the origin per task")
 	fs.IntVar(&cfg.Scheduler.MaxCrossIDCTransfers, "max-cross-idc-transfers", 16, "block transfers in flight per task from parents in another idc into one idc (-1 = unbounded)")
 	fs.DurationVar(&heartbeat, "heartbeat", 2*time.Second, "heartbeat interval given to peers; a peer silent for 3 intervals expires")
+	var caFiles []string
+	fs.StringSliceVar(&caFiles, "ca-file", nil, "PEM file of CA certificates trusted (besides the system's) for HTTPS origins and registries; repeatable")
+	fs.DurationVar(&cfg.TokenTTL, "token-ttl", time.Hour, "lifetime of the task tokens the supernode signs (peers renew them past three quarters)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -80,6 +84,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg.Quota, cfg.UploadRate = int64(quota), int64(rate)
 	cfg.Scheduler.HeartbeatInterval = heartbeat
 	cfg.Logger = log
+	if len(caFiles) > 0 {
+		tc, err := source.LoadCAs(caFiles...)
+		if err != nil {
+			return fmt.Errorf("--ca-file: %w", err)
+		}
+		cfg.Source = source.New(source.Options{TLS: tc, Logger: log})
+	}
 
 	sn, err := supernode.Start(cfg)
 	if err != nil {

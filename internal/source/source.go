@@ -8,6 +8,8 @@ package source
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -17,6 +19,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -82,7 +85,10 @@ type Options struct {
 	Backoff time.Duration
 	// Transport overrides the HTTP transport (tests, TLS config).
 	Transport http.RoundTripper
-	Logger    *slog.Logger
+	// TLS configures the default transport's TLS (e.g. LoadCAs for an
+	// origin or registry signed by a private CA); nil = the system CAs.
+	TLS    *tls.Config
+	Logger *slog.Logger
 }
 
 // New returns a Client.
@@ -111,6 +117,7 @@ func New(o Options) *Client {
 			TLSHandshakeTimeout:   o.Timeout,
 			ResponseHeaderTimeout: o.Timeout,
 			ForceAttemptHTTP2:     true,
+			TLSClientConfig:       o.TLS,
 		}
 	}
 	return &Client{http: &http.Client{Transport: tr}, retries: o.Retries, backoff: o.Backoff, log: o.Logger}
@@ -390,4 +397,23 @@ func Sensitive(h http.Header) bool {
 		}
 	}
 	return false
+}
+
+// LoadCAs returns a TLS configuration that trusts the system CAs plus the
+// PEM certificates in files (origins and registries signed by a private CA).
+func LoadCAs(files ...string) (*tls.Config, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("read CA certificates %s: %w", f, err)
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("CA certificates %s: no PEM certificate found", f)
+		}
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }

@@ -3,10 +3,14 @@ package source
 import (
 	"bytes"
 	"context"
+	"encoding/pem"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -187,5 +191,40 @@ func TestSensitive(t *testing.T) {
 		if got := Sensitive(c.h); got != c.want {
 			t.Errorf("Sensitive(%v) = %v, want %v", c.h, got, c.want)
 		}
+	}
+}
+
+// TestLoadCAs: an origin signed by a private CA is reached only when that
+// CA is configured; a file without certificates is a clear error.
+func TestLoadCAs(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "3")
+		w.Write([]byte("abc"))
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	plain := New(Options{Retries: -1, Timeout: 5 * time.Second})
+	if _, err := plain.Stat(ctx, srv.URL+"/x", nil); err == nil {
+		t.Fatal("an origin signed by an unknown CA was trusted")
+	}
+	tc, err := LoadCAs(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := New(Options{TLS: tc, Retries: -1, Timeout: 5 * time.Second}).Stat(ctx, srv.URL+"/x", nil)
+	if err != nil || info.Length != 3 {
+		t.Fatalf("with the CA: %+v, %v", info, err)
+	}
+	bad := filepath.Join(dir, "bad.pem")
+	os.WriteFile(bad, []byte("not a certificate"), 0o644)
+	if _, err := LoadCAs(bad); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
+		t.Fatalf("bad CA file: %v", err)
+	}
+	if _, err := LoadCAs(filepath.Join(dir, "missing.pem")); err == nil {
+		t.Fatal("missing CA file accepted")
 	}
 }
