@@ -6,7 +6,7 @@ GOBIN := $(shell $(GO) env GOPATH)/bin
 BIN   := $(CURDIR)/bin
 CMDS  := dfget dforigin
 
-.PHONY: all build deps test lint demo bench bench-store bench-dfget bench-p2p proto clean
+.PHONY: all build deps test lint demo bench bench-store bench-dfget bench-p2p bench-image proto clean
 
 all: build
 
@@ -44,6 +44,15 @@ bench-dfget:
 # (table, results.json, plot.png). Quick run: make bench-p2p P2P_ARGS="--n 5,10 --size 64MB"
 bench-p2p: deps
 	$(GO) run ./integration/netbench/cmd/netbench --out bench-results $(P2P_ARGS)
+
+# The image benchmark (root): N hosts in network namespaces pull one 219 MB
+# ordinary image at once with containerd, native vs through dfly's registry
+# mirror; pull times over the bound and registry egress in copies. Appends
+# its table to bench-results/image.md. Quick run: make bench-image IMAGE_N=5
+IMAGE_N ?= 5,10,20
+bench-image: deps
+	@mkdir -p bench-results
+	DFLY_BENCH_IMAGE=$(IMAGE_N) DFLY_BENCH_OUT=$(CURDIR)/bench-results/image.md $(GO) test -count=1 -timeout 60m -run '^TestBenchImage$$' -v ./integration/mirror/
 
 proto:
 	supernode/api/gen.sh

@@ -378,3 +378,55 @@ func TestDflyMirrorNerdctl(t *testing.T) {
 		}
 	}
 }
+
+// TestDflyMirrorRegistryStoppedMidPull: the registry dies right after a
+// host got the manifest; its layers come from the swarm (another host
+// pulled the image) and the pull completes. A pull of content nobody holds
+// fails with containerd's ordinary error.
+func TestDflyMirrorRegistryStoppedMidPull(t *testing.T) {
+	s := newDflySwarm(t, 2, "1.6", RegistryOptions{}, quickImage())
+	ctx := context.Background()
+	a, b := s.hosts[0], s.hosts[1]
+	if out, err := a.ctrd.CtrPull(ctx, s.img.Ref, PullOptions{}); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	other, err := BuildImage(ctx, s.reg, "test/other", "1", ImageSpec{Layers: 1, LayerSize: 1 << 20, Seed: 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.reg.ResetStats()
+	done := make(chan error, 1)
+	go func() {
+		out, err := b.ctrd.CtrPull(ctx, s.img.Ref, PullOptions{})
+		if err != nil {
+			err = fmt.Errorf("%w\n%s", err, out)
+		}
+		done <- err
+	}()
+	stopped := false
+	for !stopped {
+		select {
+		case err := <-done:
+			t.Fatalf("the pull ended before the registry served its manifest: %v", err)
+		case <-time.After(2 * time.Millisecond):
+		}
+		if s.reg.Stats().ManifestGets > 0 {
+			s.reg.Stop()
+			stopped = true
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("pull with the registry stopped after the manifest: %v", err)
+	}
+	out, err := b.ctrd.CtrRun(ctx, s.img.Ref)
+	if err != nil || strings.TrimSpace(out) != "ok" {
+		t.Fatalf("run: %q %v", out, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if out, err := b.ctrd.CtrPull(cctx, other.Ref, PullOptions{}); err == nil {
+		t.Fatalf("a pull of an image nobody holds succeeded with the registry stopped:\n%s", out)
+	} else if cctx.Err() != nil {
+		t.Fatalf("the pull hung instead of failing: %v", err)
+	}
+}

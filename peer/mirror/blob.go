@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/peer"
@@ -38,12 +39,26 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request, up upstream, 
 		http.Error(w, err.Error(), http.StatusRequestedRangeNotSatisfiable)
 		return
 	}
-	c := m.complete(t, req)
 	whole := start == 0 && end == meta.Length
+	// A whole answer fetches the blob itself, in order with a read-ahead
+	// window, and completes it at the end (the engine's final pass); a
+	// ranged one leaves the rest to a background download. (A background
+	// download in the swarm's rarest-first order beside an in-order reader
+	// shares the host's link with it and starves the reader.)
+	var c *completion
+	if !whole {
+		c = m.complete(t, req)
+	}
+	ra := newReadAhead(r.Context(), t, meta.BlockSize, end, readAheadBlocks)
+	defer ra.stop()
 
 	// The first chunk before any header: a failure here still falls back.
 	buf := make([]byte, meta.BlockSize)
 	next := func(off int64) ([]byte, error) {
+		ra.from(off)
+		if whole && c == nil && off+meta.BlockSize >= end {
+			c = m.complete(t, req) // every block is there or on its way: verify
+		}
 		n := min(meta.BlockSize-off%meta.BlockSize, end-off)
 		rctx, cancel := context.WithTimeout(r.Context(), m.cfg.ReadTimeout)
 		defer cancel()
@@ -228,4 +243,48 @@ func copyBody(w http.ResponseWriter, r io.Reader) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// readAheadBlocks is how many blocks a streaming answer fetches ahead of
+// the one it sends.
+const readAheadBlocks = 8
+
+// readAhead fetches the blocks after a reader's position (foreground, so
+// they do not queue behind background work); single-flight in the engine,
+// so the reader's own fetch of a block in flight waits for it.
+type readAhead struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	t      *peer.Task
+	bs     int64
+	end    int64
+	window int
+	next   int // first block not started
+	wg     sync.WaitGroup
+}
+
+func newReadAhead(ctx context.Context, t *peer.Task, bs, end int64, window int) *readAhead {
+	ctx, cancel := context.WithCancel(ctx)
+	return &readAhead{ctx: ctx, cancel: cancel, t: t, bs: bs, end: end, window: window}
+}
+
+// from starts the fetches of the window after the block holding off.
+func (ra *readAhead) from(off int64) {
+	cur := int(off / ra.bs)
+	last := int((ra.end - 1) / ra.bs)
+	ra.next = max(ra.next, cur+1)
+	for ; ra.next <= min(cur+ra.window, last); ra.next++ {
+		idx := ra.next
+		ra.wg.Add(1)
+		go func() {
+			defer ra.wg.Done()
+			_ = ra.t.Fetch(ra.ctx, idx, peer.Foreground) // the reader sees any error itself
+		}()
+	}
+}
+
+// stop cancels the fetches still running and waits for them.
+func (ra *readAhead) stop() {
+	ra.cancel()
+	ra.wg.Wait()
 }
