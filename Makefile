@@ -52,7 +52,7 @@ bench-p2p: deps
 IMAGE_N ?= 5,10,20
 bench-image: deps
 	@mkdir -p bench-results
-	DFLY_BENCH_IMAGE=$(IMAGE_N) DFLY_BENCH_OUT=$(CURDIR)/bench-results/image.md $(GO) test -count=1 -timeout 60m -run '^TestBenchImage$$' -v ./integration/mirror/
+	DFLY_BENCH_IMAGE=$(IMAGE_N) DFLY_BENCH_OUT=$(CURDIR)/bench-results/image.md $(GO) test -count=1 -timeout 60m -tags bench -run '^TestBenchImage$$' -v ./integration/mirror/
 
 proto:
 	supernode/api/gen.sh

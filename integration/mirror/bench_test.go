@@ -1,9 +1,13 @@
+//go:build bench
+
+// The image benchmark is built only with -tags bench (make bench-image), so
+// it is no skipped test in make test.
+
 package mirror
 
 import (
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,14 +18,13 @@ import (
 // network namespaces (100 Mbit/s each, the registry 1 Gbit/s) pull the same
 // 219 MB ordinary image at once with ctr, straight from the registry
 // (native) and through their dfly mirrors, for each N in
-// DFLY_BENCH_IMAGE (e.g. "5,10,20"). It prints, and appends to
+// DFLY_BENCH_IMAGE (default "5,10,20"). It prints, and appends to
 // DFLY_BENCH_OUT if set, a table of pull times over the physical bound
-// and the registry's egress in copies of the image. Skipped unless
-// DFLY_BENCH_IMAGE is set: it takes minutes.
+// and the registry's egress in copies of the image. It takes minutes.
 func TestBenchImage(t *testing.T) {
 	spec := os.Getenv("DFLY_BENCH_IMAGE")
 	if spec == "" {
-		t.Skip("benchmark: set DFLY_BENCH_IMAGE=5,10,20 (make bench-image)")
+		spec = "5,10,20"
 	}
 	var ns []int
 	for _, f := range strings.Split(spec, ",") {
@@ -65,23 +68,5 @@ func TestBenchImage(t *testing.T) {
 		defer f.Close()
 		fmt.Fprintf(f, "image benchmark %s (219 MB, 100 Mbit/s hosts, 1 Gbit/s registry; bound = image/host link = %.1fs)%s",
 			time.Now().UTC().Format(time.RFC3339), float64(219e6*8)/100e6, b.String())
-	}
-}
-
-// quantiles returns the p50, p99 and maximum of ds (nearest rank).
-func quantiles(ds []time.Duration) (p50, p99, mx time.Duration) {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	at := func(q float64) time.Duration {
-		i := int(q*float64(len(s))+0.999999) - 1
-		return s[min(max(i, 0), len(s)-1)]
-	}
-	return at(0.50), at(0.99), s[len(s)-1]
-}
-
-func TestQuantiles(t *testing.T) {
-	ds := []time.Duration{5, 1, 4, 2, 3}
-	if p50, p99, mx := quantiles(ds); p50 != 3 || p99 != 5 || mx != 5 {
-		t.Fatalf("quantiles = %v %v %v", p50, p99, mx)
 	}
 }
