@@ -166,9 +166,11 @@ func (f *RemoteFS) Mount(ctx context.Context, mountpoint string, labels map[stri
 		return fmt.Errorf("layer digest %q: %w", layer, err)
 	}
 	req := peer.Request{Digest: layer, TaskID: id}
-	if meta, err := f.opt.Engine.Store().Task(id); err == nil && meta.State == blockstore.StateComplete {
-		req.URL = meta.Source // complete in the store: no registry round trip
+	if meta, err := f.opt.Engine.Store().Task(id); err == nil && meta.State == blockstore.StateComplete && !meta.Private {
+		req.URL = meta.Source // complete and public in the store: no registry round trip
 	} else {
+		// Private content (fetched with registry credentials) is opened
+		// only with credentials the registry accepts again.
 		loc, err := f.opt.Resolver.Blob(ctx, ref, layer)
 		if err != nil {
 			return fmt.Errorf("resolve layer %s of %s: %w", layer, ref, err)
