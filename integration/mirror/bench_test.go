@@ -37,7 +37,11 @@ func TestBenchImage(t *testing.T) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n| N | mode | p50 / bound | p99 / bound | max / bound | registry egress (copies) |\n| --- | --- | --- | --- | --- | --- |\n")
 	for _, n := range ns {
-		for _, dfly := range []bool{false, true} {
+		modes := []bool{false, true}
+		if os.Getenv("DFLY_BENCH_MODES") == "dfly" { // experiments: skip the native rows
+			modes = []bool{true}
+		}
+		for _, dfly := range modes {
 			var r fleetResult
 			name := fmt.Sprintf("N=%d/native", n)
 			if dfly {

@@ -104,10 +104,12 @@ func runFleet(t *testing.T, n int, dfly bool) fleetResult {
 		// decode a hosts.toml without a host table).
 		mirrors := []string{regAddr}
 		if dfly {
-			startReady(t, dir, p.Name+"-dfdaemon", "dfdaemon ready", inNetNS(p.NS, filepath.Join(bins, "dfdaemon"),
-				"--supernode", snAddr, "--listen", net.JoinHostPort(p.IP.String(), "8003"), "--sock", filepath.Join(hd, "d.sock"),
+			args := []string{"--supernode", snAddr, "--listen", net.JoinHostPort(p.IP.String(), "8003"), "--sock", filepath.Join(hd, "d.sock"),
 				"--store", filepath.Join(hd, "store"), "--host-id", p.Name, "--mirror-listen", "127.0.0.1:65001",
-				"--mirror-insecure", regAddr, "--log-level", "info")...)
+				"--mirror-insecure", regAddr, "--log-level", "info"}
+			// DFLY_BENCH_DAEMON_ARGS adds dfdaemon flags (experiments, e.g. --direct-io).
+			args = append(args, strings.Fields(os.Getenv("DFLY_BENCH_DAEMON_ARGS"))...)
+			startReady(t, dir, p.Name+"-dfdaemon", "dfdaemon ready", inNetNS(p.NS, append([]string{filepath.Join(bins, "dfdaemon")}, args...)...)...)
 			mirrors = []string{"127.0.0.1:65001"}
 		}
 		if _, err := WriteHostsToml(certs, regAddr, mirrors...); err != nil {
