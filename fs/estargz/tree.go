@@ -120,8 +120,12 @@ func (n *node) addChildren(ctx context.Context) {
 		return true
 	})
 	sort.Strings(names)
+	root := n.ino == 1
 	for _, base := range names {
 		ent := children[base]
+		if root && formatArtefact(base) {
+			continue // eStargz's own files, not the image's
+		}
 		if base == opaqueWhiteout {
 			if n.xatt == nil || n.xatt[OpaqueXattr] == nil {
 				x := make(map[string][]byte, len(n.xatt)+1)
@@ -155,6 +159,18 @@ func (n *node) addChildren(ctx context.Context) {
 		n.AddChild(name, in, true)
 		child.addChildren(ctx)
 	}
+}
+
+// formatArtefact reports whether a name at a layer's root is a file of the
+// eStargz format rather than of the image (the prefetch landmarks and the
+// TOC): a container must see exactly the files it would see with the
+// overlayfs snapshotter.
+func formatArtefact(name string) bool {
+	switch name {
+	case estargz.PrefetchLandmark, estargz.NoPrefetchLandmark, estargz.TOCTarName:
+		return true
+	}
+	return false
 }
 
 func (n *node) fileType() uint32 {

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
 	"golang.org/x/sys/unix"
 )
 
@@ -152,5 +154,47 @@ func mustLstat(t *testing.T, p string, st *syscall.Stat_t) {
 	t.Helper()
 	if err := syscall.Lstat(p, st); err != nil {
 		t.Fatalf("lstat %s: %v", p, err)
+	}
+}
+
+// TestTreeHidesFormatArtefacts: a layer built with prioritized files has a
+// prefetch landmark at its root (and the TOC at its end); neither is a file
+// of the image, so neither is listed, found or stat-able, and a file of the
+// image with the same base name elsewhere stays visible.
+func TestTreeHidesFormatArtefacts(t *testing.T) {
+	requireFUSE(t)
+	b, toc := buildBlob(t, []tarEntry{
+		{hdr: tar.Header{Name: "app/", Typeflag: tar.TypeDir, Mode: 0o755}},
+		{hdr: tar.Header{Name: "app/run", Typeflag: tar.TypeReg, Mode: 0o755}, data: []byte("#!/bin/sh\n")},
+		{hdr: tar.Header{Name: "app/.prefetch.landmark", Typeflag: tar.TypeReg, Mode: 0o644}, data: []byte("mine")},
+		{hdr: tar.Header{Name: "data", Typeflag: tar.TypeReg, Mode: 0o644}, data: randBytes(9, 200<<10)},
+	}, estargz.WithPrioritizedFiles([]string{"app/run"}))
+	// The blob does carry the landmark (else the test proves nothing).
+	l, err := Open(context.Background(), &memBlob{b: b}, int64(len(b)), digestOf(t, toc.String()), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.r.Lookup(estargz.PrefetchLandmark); !ok {
+		t.Fatal("the test layer has no prefetch landmark")
+	}
+	dir := mountLayer(t, b, toc.String())
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, ",") != "app,data" {
+		t.Fatalf("root lists %v, want [app data]", names)
+	}
+	for _, name := range []string{estargz.PrefetchLandmark, estargz.NoPrefetchLandmark, estargz.TOCTarName} {
+		if _, err := os.Lstat(filepath.Join(dir, name)); !os.IsNotExist(err) {
+			t.Errorf("%s at the root: %v, want not found", name, err)
+		}
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "app/.prefetch.landmark")); err != nil || string(got) != "mine" {
+		t.Fatalf("the image's own app/.prefetch.landmark: %q %v", got, err)
 	}
 }
