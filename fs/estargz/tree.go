@@ -215,6 +215,7 @@ func (n *node) fill(out *fuse.Attr) {
 		out.Blocks = (out.Size + blockSize - 1) / blockSize
 	case n.e.Type == "symlink":
 		out.Size = uint64(len(n.e.LinkName))
+		out.Mode = syscall.S_IFLNK | 0o777 // Linux symlinks have no permissions of their own
 	case n.e.Type == "char" || n.e.Type == "block":
 		out.Rdev = uint32(unix.Mkdev(uint32(n.e.DevMajor), uint32(n.e.DevMinor)))
 	case n.e.Type == "dir":
