@@ -2,13 +2,11 @@ package snapshotter
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/dfly-p2p/dfly/integration/mirror"
 	"github.com/dfly-p2p/dfly/integration/netbench"
@@ -59,34 +57,9 @@ func BenchmarkFirstOutputNetns(b *testing.B) {
 	}
 	plain, lazy := addr+"/bench/plain:1", addr+"/bench/lazy:1"
 	insecure := []string{"--insecure-registry", addr}
-	for _, m := range []struct {
-		name, ref, sn string
-		snArgs        []string
-	}{
+	runFirstOutput(b, reg, topo.Peers[0].NS, insecure, small, bigMB, []firstOutputMode{
 		{"lazy-prefetch", lazy, "dfly", append([]string{"--prefetch-rate", "0"}, insecure...)},
 		{"lazy-noprefetch", lazy, "dfly", append([]string{"--no-prefetch"}, insecure...)},
 		{"full", plain, "overlayfs", insecure},
-	} {
-		b.Run(fmt.Sprintf("%s/%dMB", m.name, bigMB), func(b *testing.B) {
-			var served int64
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				w := newHost(b, reg, topo.Peers[0].NS, m.snArgs...)
-				before := reg.BlobBytes()
-				b.StartTimer()
-				if out, err := w.dfctl("image", "pull", "--insecure-registry", addr, "--snapshotter", m.sn, m.ref); err != nil {
-					b.Fatalf("pull: %v\n%s", err, out)
-				}
-				out, errOut, err := w.ctr("run", "--rm", "--snapshotter", m.sn, m.ref, "bench", "cat", "/small/file")
-				b.StopTimer()
-				if err != nil || out != string(small) {
-					b.Fatalf("run = %q %v %s", out, err, errOut)
-				}
-				served += reg.BlobBytes() - before
-				w.close()
-				time.Sleep(100 * time.Millisecond)
-			}
-			b.ReportMetric(float64(served)/float64(b.N)/1e6, "registry-MB/op")
-		})
-	}
+	})
 }

@@ -39,23 +39,33 @@ func BenchmarkFirstOutput(b *testing.B) {
 		b.Fatal(err)
 	}
 	reg.SetRate(100_000_000 / 8)
-	for _, m := range []struct {
-		name, ref, sn string
-		snArgs        []string
-	}{
+	runFirstOutput(b, reg, "", nil, small, bigMB, []firstOutputMode{
 		// Prefetch at the default (unlimited) rate, pausing for startup reads.
 		{"lazy-prefetch", lazy, "dfly", []string{"--prefetch-rate", "0"}},
 		{"lazy-noprefetch", lazy, "dfly", []string{"--no-prefetch"}},
 		{"full", plain, "overlayfs", nil},
-	} {
+	})
+}
+
+// firstOutputMode is one way of starting the benchmark's container.
+type firstOutputMode struct {
+	name, ref, sn string
+	snArgs        []string // extra dfly-snapshotter flags
+}
+
+// runFirstOutput times pull + first output of each mode on a fresh host
+// (in network namespace netns, "" = this one) per op, and reports what the
+// registry served before the first output.
+func runFirstOutput(b *testing.B, reg *Registry, netns string, pullArgs []string, small []byte, bigMB int, modes []firstOutputMode) {
+	for _, m := range modes {
 		b.Run(fmt.Sprintf("%s/%dMB", m.name, bigMB), func(b *testing.B) {
 			var served int64
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				w := newHost(b, reg, "", m.snArgs...)
+				w := newHost(b, reg, netns, m.snArgs...)
 				before := reg.BlobBytes()
 				b.StartTimer()
-				if out, err := w.dfctl("image", "pull", "--snapshotter", m.sn, m.ref); err != nil {
+				if out, err := w.dfctl(append(append([]string{"image", "pull"}, pullArgs...), "--snapshotter", m.sn, m.ref)...); err != nil {
 					b.Fatalf("pull: %v\n%s", err, out)
 				}
 				out, errOut, err := w.ctr("run", "--rm", "--snapshotter", m.sn, m.ref, "bench", "cat", "/small/file")
