@@ -131,12 +131,13 @@ type dflyHost struct {
 
 // dflySwarm is a registry with an image, a supernode and n hosts.
 type dflySwarm struct {
-	reg   *Registry
-	img   *Image
-	sn    *proc
-	grpc  string
-	hosts []*dflyHost
-	dir   string
+	reg    *Registry
+	img    *Image
+	sn     *proc
+	grpc   string
+	upload string // the supernode's upload server (and /debug/state)
+	hosts  []*dflyHost
+	dir    string
 }
 
 func newDflySwarm(t *testing.T, n int, version string, reg RegistryOptions, spec ImageSpec) *dflySwarm {
@@ -161,7 +162,7 @@ func newDflySwarmWith(t *testing.T, n int, copts ContainerdOptions, reg Registry
 	var f map[string]string
 	s.sn, f = startReady(t, s.dir, "supernode", "supernode listening", filepath.Join(bins, "supernode"),
 		"--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0", "--store", filepath.Join(s.dir, "sn"), "--log-level", "debug")
-	s.grpc = f["grpc"]
+	s.grpc, s.upload = f["grpc"], f["upload"]
 	for i := range n {
 		h := &dflyHost{name: fmt.Sprintf("h%d", i)}
 		hd := filepath.Join(s.dir, h.name)
@@ -238,6 +239,15 @@ func (s *dflySwarm) noSecretAnywhere(t *testing.T) {
 	t.Helper()
 	user, pass := RegistryUser, RegistryPassword
 	basic := base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+	if resp, err := http.Get("http://" + s.upload + "/debug/state"); err != nil {
+		t.Errorf("supernode /debug/state: %v", err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), pass) || strings.Contains(string(b), basic) {
+			t.Error("the registry credential appears in the supernode's /debug/state")
+		}
+	}
 	for _, p := range append([]*proc{s.sn}, func() (ps []*proc) {
 		for _, h := range s.hosts {
 			ps = append(ps, h.daemon)

@@ -36,9 +36,13 @@ func TestDflyMirrorFiveHosts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the 219 MB five-host pull takes about a minute")
 	}
-	r := runFleet(t, 5, true)
-	if r.worst > 1.05 {
-		t.Errorf("registry served %.3f copies of a layer to %d hosts; want ≤ 1.05", r.worst, r.hosts)
+	for _, v := range []string{"1.6", "2"} {
+		t.Run("containerd "+v, func(t *testing.T) {
+			r := runFleetWith(t, 5, true, v)
+			if r.worst > 1.05 {
+				t.Errorf("registry served %.3f copies of a layer to %d hosts; want ≤ 1.05", r.worst, r.hosts)
+			}
+		})
 	}
 }
 
@@ -47,11 +51,17 @@ func TestDflyMirrorFiveHosts(t *testing.T) {
 // the registry (native), then runs it on each.
 func runFleet(t *testing.T, n int, dfly bool) fleetResult {
 	t.Helper()
+	return runFleetWith(t, n, dfly, "1.6")
+}
+
+// runFleetWith is runFleet with containerd of the given version.
+func runFleetWith(t *testing.T, n int, dfly bool, version string) fleetResult {
+	t.Helper()
 	RequireRoot(t)
 	if err := netbench.Preflight(); err != nil {
 		t.Skipf("network namespaces: %v", err)
 	}
-	if _, err := ContainerdBinDir("1.6"); err != nil {
+	if _, err := ContainerdBinDir(version); err != nil {
 		t.Skip(err.Error())
 	}
 	bins := dflyBins(t)
@@ -115,7 +125,7 @@ func runFleet(t *testing.T, n int, dfly bool) fleetResult {
 		if _, err := WriteHostsToml(certs, regAddr, mirrors...); err != nil {
 			t.Fatal(err)
 		}
-		hosts = append(hosts, host{p.Name, StartContainerd(t, ContainerdOptions{Version: "1.6", ConfigPath: certs, NetNS: p.NS})})
+		hosts = append(hosts, host{p.Name, StartContainerd(t, ContainerdOptions{Version: version, ConfigPath: certs, NetNS: p.NS})})
 	}
 	reg.ResetStats()
 
