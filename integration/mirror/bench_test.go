@@ -47,7 +47,7 @@ func TestBenchImage(t *testing.T) {
 			if dfly {
 				name = fmt.Sprintf("N=%d/dfly", n)
 			}
-			t.Run(name, func(t *testing.T) { r = runFleet(t, n, dfly) })
+			t.Run(name, func(t *testing.T) { r = runFleetWith(t, n, dfly, "1.6") })
 			if r.hosts == 0 {
 				t.Fatalf("%s did not complete", name)
 			}

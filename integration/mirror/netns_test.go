@@ -46,15 +46,10 @@ func TestDflyMirrorFiveHosts(t *testing.T) {
 	}
 }
 
-// runFleet builds n hosts in network namespaces and pulls the big image on
+// runFleetWith builds n hosts in network namespaces and pulls the big image on
 // all of them at once, through their dfly mirrors (dfly) or straight from
-// the registry (native), then runs it on each.
-func runFleet(t *testing.T, n int, dfly bool) fleetResult {
-	t.Helper()
-	return runFleetWith(t, n, dfly, "1.6")
-}
-
-// runFleetWith is runFleet with containerd of the given version.
+// the registry (native), with containerd of the given version, then runs
+// it on each.
 func runFleetWith(t *testing.T, n int, dfly bool, version string) fleetResult {
 	t.Helper()
 	RequireRoot(t)
