@@ -35,9 +35,18 @@ func main() {
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, "supernode:", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
+
+// usageError is a command-line mistake (exit 2); other errors exit 1.
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
 
 // run parses args, starts the supernode and serves until ctx ends.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -68,17 +77,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", time.Hour, "lifetime of the task tokens the supernode signs (peers renew them past three quarters)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q; see --help", fs.Args())
+		return usageError{fmt.Errorf("unexpected arguments %q; see --help", fs.Args())}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+		return usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)}
 	}
 	if cfg.StoreDir == "" {
-		return errors.New("--store DIR is required (the seed's block store and token key live there)")
+		return usageError{errors.New("--store DIR is required (the seed's block store and token key live there)")}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	cfg.Quota, cfg.UploadRate = int64(quota), int64(rate)
@@ -87,7 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(caFiles) > 0 {
 		tc, err := source.LoadCAs(caFiles...)
 		if err != nil {
-			return fmt.Errorf("--ca-file: %w", err)
+			return usageError{fmt.Errorf("--ca-file: %w", err)}
 		}
 		cfg.Source = source.New(source.Options{TLS: tc, Logger: log})
 	}

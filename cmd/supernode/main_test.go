@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -86,10 +87,14 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"--store", t.TempDir(), "--quota", "x"}, // bad size
 		{"--store", t.TempDir(), "--log-level", "loud"},
 		{"--store", t.TempDir(), "extra"},
+		{"--store", t.TempDir(), "--no-such-flag"},
+		{"--store", t.TempDir(), "--ca-file", "/nonexistent.pem"},
 	}
 	for _, args := range tests {
-		if err := run(context.Background(), args, io.Discard, io.Discard); err == nil {
-			t.Errorf("run(%q) succeeded", args)
+		err := run(context.Background(), args, io.Discard, io.Discard)
+		var ue usageError
+		if err == nil || !errors.As(err, &ue) {
+			t.Errorf("run(%q) = %v, want a usage error (exit 2)", args, err)
 		}
 	}
 }
