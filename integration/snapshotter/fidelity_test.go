@@ -159,14 +159,25 @@ func editLayer(t *testing.T, path, deleted, opaqueDir string) {
 // link count and target, sha256, xattrs), by path.
 func (w *world) listing(t *testing.T, ref, sn, id string) map[string]string {
 	t.Helper()
-	out, errOut, err := w.ctr("run", "--rm", "--snapshotter", sn, ref, id, "/lister/lister", "/")
+	// The listing goes to a file in a bind mount, not through ctr's stdout
+	// (which can lose the tail of a large output on a busy machine).
+	outDir := t.TempDir()
+	_, errOut, err := w.ctr("run", "--rm", "--snapshotter", sn, "--mount", "type=bind,src="+outDir+",dst=/out,options=rbind:rw",
+		ref, id, "/lister/lister", "/", "/out/listing")
 	if err != nil {
 		t.Fatalf("list the root of %s with %s: %v\n%s\n%s", ref, sn, err, errOut, w.snLog())
 	}
+	b, err := os.ReadFile(filepath.Join(outDir, "listing"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	m := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		p, rest, _ := strings.Cut(line, "|")
 		m[p] = rest
+	}
+	if _, ok := m["/"]; !ok || m["/lister"] != "" {
+		t.Fatalf("the %s listing is incomplete or unfiltered (%d entries)", sn, len(m))
 	}
 	return m
 }

@@ -20,18 +20,38 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Usage: lister [ROOT [OUTPUT]] — OUTPUT (default stdout) is written and
+// synced before lister exits, so a caller never reads a partial listing
+// (a container runtime's stdout pipe may lose the tail of a large output).
 func main() {
 	root := "/"
 	if len(os.Args) > 1 {
 		root = os.Args[1]
 	}
-	if err := list(os.Stdout, root); err != nil {
+	out := os.Stdout
+	if len(os.Args) > 2 {
+		f, err := os.Create(os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "lister:", err)
+			os.Exit(1)
+		}
+		out = f
+	}
+	if err := list(out, root); err != nil {
+		fmt.Fprintln(os.Stderr, "lister:", err)
+		os.Exit(1)
+	}
+	if err := out.Sync(); err != nil && out != os.Stdout {
+		fmt.Fprintln(os.Stderr, "lister:", err)
+		os.Exit(1)
+	}
+	if err := out.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "lister:", err)
 		os.Exit(1)
 	}
 }
 
-var runtimeMounts = map[string]bool{"/proc": true, "/sys": true, "/dev": true, "/run": true, "/tmp": true, "/lister": true}
+var runtimeMounts = map[string]bool{"/proc": true, "/sys": true, "/dev": true, "/run": true, "/tmp": true, "/lister": true, "/out": true}
 
 func list(w io.Writer, root string) error {
 	var rootSt syscall.Stat_t
