@@ -1,7 +1,6 @@
 package mirror
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
 	"fmt"
@@ -13,9 +12,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dfly-p2p/dfly/integration/readyproc"
 )
 
 // The dfly cases: the same pulls as the baselines, through each host's
@@ -62,68 +62,21 @@ func TestMain(m *testing.M) {
 }
 
 // startReady starts a dfly binary and returns the fields of its ready line.
-func startReady(t *testing.T, dir, name, ready string, argv ...string) (*proc, map[string]string) {
+func startReady(t *testing.T, dir, name, ready string, argv ...string) (*readyproc.Proc, map[string]string) {
 	t.Helper()
-	logPath := filepath.Join(dir, name+".log")
-	cmd := exec.Command(argv[0], argv[1:]...)
-	lf, err := os.Create(logPath)
+	p, line, err := readyproc.Start(name, filepath.Join(dir, name+".log"), ready, 60*time.Second, argv...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = lf
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sent := false
-		for sc.Scan() {
-			if !sent && strings.HasPrefix(sc.Text(), ready) {
-				lines <- sc.Text()
-				sent = true
-			}
-		}
-		if !sent {
-			close(lines)
-		}
-	}()
-	go func() {
-		p.err = cmd.Wait()
-		lf.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() { p.stop(syscall.SIGTERM, 10*time.Second) })
-	select {
-	case line, ok := <-lines:
-		if !ok {
-			<-p.done
-			t.Fatalf("%s exited before it was ready (%v):\n%s", name, p.err, p.logTail(4000))
-		}
-		fields := map[string]string{}
-		for _, f := range strings.Fields(line) {
-			if k, v, ok := strings.Cut(f, "="); ok {
-				fields[k] = v
-			}
-		}
-		return p, fields
-	case <-time.After(60 * time.Second):
-		t.Fatalf("%s not ready within 60s", name)
-	}
-	return nil, nil
+	t.Cleanup(func() { p.Stop(10 * time.Second) })
+	return p, readyproc.Fields(line)
 }
 
 // dflyHost is one host: a dfdaemon (with its mirror) and a containerd
 // whose hosts.toml sends pulls of the registry to that mirror first.
 type dflyHost struct {
 	name   string
-	daemon *proc
+	daemon *readyproc.Proc
 	mirror string
 	hosts  string
 	ctrd   *Containerd
@@ -133,7 +86,7 @@ type dflyHost struct {
 type dflySwarm struct {
 	reg    *Registry
 	img    *Image
-	sn     *proc
+	sn     *readyproc.Proc
 	grpc   string
 	upload string // the supernode's upload server (and /debug/state)
 	hosts  []*dflyHost
@@ -248,13 +201,13 @@ func (s *dflySwarm) noSecretAnywhere(t *testing.T) {
 			t.Error("the registry credential appears in the supernode's /debug/state")
 		}
 	}
-	for _, p := range append([]*proc{s.sn}, func() (ps []*proc) {
+	for _, p := range append([]*readyproc.Proc{s.sn}, func() (ps []*readyproc.Proc) {
 		for _, h := range s.hosts {
 			ps = append(ps, h.daemon)
 		}
 		return
 	}()...) {
-		p.stop(syscall.SIGTERM, 10*time.Second)
+		p.Stop(10 * time.Second)
 	}
 	filepath.WalkDir(s.dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || strings.HasSuffix(path, ".sock") {
@@ -333,7 +286,7 @@ func TestDflyMirrorFailSafe(t *testing.T) {
 	s.runAll(t)
 
 	// Daemon stopped: containerd goes to the registry itself.
-	b.daemon.stop(syscall.SIGTERM, 10*time.Second)
+	b.daemon.Stop(10 * time.Second)
 	if err := b.ctrd.RemoveImage(ctx, s.img.Ref); err != nil {
 		t.Fatal(err)
 	}

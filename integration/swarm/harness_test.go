@@ -5,7 +5,6 @@
 package swarm
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -18,11 +17,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dfly-p2p/dfly/integration/origin"
+	"github.com/dfly-p2p/dfly/integration/readyproc"
 	"github.com/dfly-p2p/dfly/peer"
 )
 
@@ -72,101 +71,34 @@ func moduleRoot() (string, error) {
 }
 
 // proc is a started binary; its output goes to a log file kept for failures.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error
-}
+type proc struct{ *readyproc.Proc }
 
 // start runs a binary and waits for the line starting with ready on stdout.
 func start(t *testing.T, name, bin string, ready string, args ...string) (*proc, string) {
 	t.Helper()
-	logPath := filepath.Join(t.TempDir(), name+".log")
-	logf, err := os.Create(logPath)
+	rp, line, err := readyproc.Start(name, filepath.Join(t.TempDir(), name+".log"), ready, 60*time.Second,
+		append([]string{filepath.Join(binDir, bin)}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(binDir, bin), args...)
-	cmd.Stderr = logf
-	// If the test binary dies (a timeout panic), its daemons die with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sent := false
-		for sc.Scan() {
-			if !sent && strings.HasPrefix(sc.Text(), ready) {
-				lines <- sc.Text()
-				sent = true
-			}
-		}
-		if !sent {
-			close(lines)
-		}
-	}()
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
+	p := &proc{rp}
 	t.Cleanup(func() {
 		p.stop()
-		if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "WARNING: DATA RACE") {
+		if strings.Contains(p.LogTail(1<<30), "WARNING: DATA RACE") {
 			t.Errorf("%s: the race detector fired (see its log below)", name)
 		}
 		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 6000 {
-				b = b[len(b)-6000:]
-			}
-			t.Logf("--- tail of %s log ---\n%s", name, b)
+			t.Logf("--- tail of %s log ---\n%s", name, p.LogTail(6000))
 		}
 	})
-	select {
-	case line, ok := <-lines:
-		if !ok {
-			<-p.done
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("%s exited before it was ready (%v):\n%s", name, p.err, b)
-		}
-		return p, line
-	case <-time.After(60 * time.Second):
-		t.Fatalf("%s not ready within 60s", name)
-	}
-	return nil, ""
+	return p, line
 }
 
 // stop ends the process with SIGTERM (SIGKILL after 10s) and waits for it.
-func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+func (p *proc) stop() { p.Stop(10 * time.Second) }
 
 // kill ends the process at once, as a crash would.
-func (p *proc) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.done
-}
+func (p *proc) kill() { p.Kill() }
 
 // field returns the value of key=VALUE in a ready line.
 func field(line, key string) string {
@@ -283,31 +215,7 @@ type outcome struct {
 // called with each daemon's progress events.
 func downloadAll(ctx context.Context, t *testing.T, ds []*daemon, url string, progress func(i int, done, total int64)) []outcome {
 	t.Helper()
-	outDir := t.TempDir()
-	res := make([]outcome, len(ds))
-	var wg sync.WaitGroup
-	for i, d := range ds {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out := filepath.Join(outDir, d.id+".out")
-			began := time.Now()
-			r, err := d.client.Download(ctx, peer.DownloadRequest{URL: url, Output: out}, func(ev peer.DownloadEvent) {
-				if progress != nil {
-					progress(i, ev.Done, ev.Total)
-				}
-			})
-			res[i] = outcome{d: d, res: r, err: err, out: out, took: time.Since(began)}
-		}()
-	}
-	wg.Wait()
-	for i := range res {
-		if st, err := res[i].d.client.Stats(ctx); err == nil {
-			res[i].served = st.Upload.BytesServed
-			res[i].stats = st
-		}
-	}
-	return res
+	return downloadRequests(ctx, t, ds, peer.DownloadRequest{URL: url}, progress)
 }
 
 // dfgetReport is the part of dfget's --report-json the tests read.

@@ -170,7 +170,7 @@ func TestPrivateContentNeedsOwnCredentials(t *testing.T) {
 	sn.stop()
 	a.stop()
 	b.stop()
-	for _, root := range []string{sn.dir, filepath.Dir(a.sock), filepath.Dir(b.sock), filepath.Dir(sn.log), filepath.Dir(a.log), filepath.Dir(b.log)} {
+	for _, root := range []string{sn.dir, filepath.Dir(a.sock), filepath.Dir(b.sock), filepath.Dir(sn.Log), filepath.Dir(a.Log), filepath.Dir(b.Log)} {
 		filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() {
 				return nil

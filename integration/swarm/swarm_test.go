@@ -284,8 +284,8 @@ func TestCleanShutdownLeaves(t *testing.T) {
 		t.Fatalf("the supernode does not know the daemon: hosts %v", hosts())
 	}
 	d.stop()
-	if d.err != nil {
-		t.Fatalf("dfdaemon exited with %v after SIGTERM, want a clean exit", d.err)
+	if d.Err() != nil {
+		t.Fatalf("dfdaemon exited with %v after SIGTERM, want a clean exit", d.Err())
 	}
 	if slices.Contains(hosts(), "leaver") {
 		t.Fatalf("the daemon did not leave: hosts %v", hosts())
