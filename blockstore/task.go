@@ -122,6 +122,50 @@ func TaskIDForDigest(digest string) (string, error) {
 	return algo + "-" + hexsum, nil
 }
 
+// TaskIDFor returns the task id a request for content names, and refuses
+// an id that does not name that content: whoever could pick the id of a
+// URL could fill it with other bytes. With taskID empty it is the id of
+// url and tag (TaskIDForURL), or of digest when there is no URL. A given
+// taskID must equal one of those two derivations (a content-addressed id
+// has its content checked against the digest it carries).
+func TaskIDFor(taskID, url, tag, digest string) (string, error) {
+	if taskID == "" {
+		if url != "" {
+			return TaskIDForURL(url, tag, "")
+		}
+		if digest != "" {
+			return TaskIDForDigest(digest)
+		}
+		return "", fmt.Errorf("a request names neither a URL nor a digest: %w", ErrInvalid)
+	}
+	var derived []string
+	if digest != "" {
+		id, err := TaskIDForDigest(digest)
+		if err != nil {
+			return "", fmt.Errorf("task ID %q: %w", taskID, err)
+		}
+		if id == taskID {
+			return id, nil
+		}
+		derived = append(derived, id+" (from the digest)")
+	}
+	if url != "" {
+		id, err := TaskIDForURL(url, tag, "")
+		if err != nil {
+			return "", fmt.Errorf("task ID %q: %w", taskID, err)
+		}
+		if id == taskID {
+			return id, nil
+		}
+		derived = append(derived, id+" (from the URL and tag)")
+	}
+	if len(derived) == 0 {
+		return "", fmt.Errorf("task ID %q: a request that names a task must carry the digest or URL its ID derives from: %w", taskID, ErrInvalid)
+	}
+	return "", fmt.Errorf("task ID %q does not name this content (want %s); leave the task ID out: %w",
+		taskID, strings.Join(derived, " or "), ErrInvalid)
+}
+
 // ParseDigest splits "sha256:HEX" or "md5:HEX" and validates the hex length.
 func ParseDigest(d string) (algo, hexsum string, err error) {
 	algo, hexsum, ok := strings.Cut(d, ":")

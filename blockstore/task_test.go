@@ -2,6 +2,7 @@ package blockstore
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -49,6 +50,43 @@ func TestParseDigest(t *testing.T) {
 	for _, bad := range []string{"sha256", "sha1:abcd", "md5:zz", "sha256:abcd", "md5:" + good[7:]} {
 		if _, _, err := ParseDigest(bad); !errors.Is(err, ErrInvalid) {
 			t.Errorf("ParseDigest(%q) = %v, want ErrInvalid", bad, err)
+		}
+	}
+}
+
+func TestTaskIDFor(t *testing.T) {
+	const url = "http://o.example/a.bin"
+	d := "sha256:" + strings.Repeat("ab", 32)
+	urlID, _ := TaskIDForURL(url, "", "")
+	tagID, _ := TaskIDForURL(url, "v2", "")
+	digID, _ := TaskIDForDigest(d)
+	for _, tc := range []struct {
+		name                   string
+		taskID, url, tag, dgst string
+		want                   string // "" = refused
+	}{
+		{"derived from the URL", "", url, "", "", urlID},
+		{"derived from the URL even with a digest", "", url, "", d, urlID},
+		{"derived from the digest alone", "", "", "", d, digID},
+		{"the URL's id", urlID, url, "", d, urlID},
+		{"the digest's id", digID, url, "", d, digID},
+		{"with the tag", tagID, url, "v2", "", tagID},
+		{"another URL's id", urlID, "http://evil.example/x", "", "", ""},
+		{"the untagged id with a tag", urlID, url, "v2", "", ""},
+		{"a made-up id", "anything", url, "", "", ""},
+		{"an id without content", urlID, "", "", "", ""},
+		{"nothing at all", "", "", "", "", ""},
+		{"a bad digest", digID, url, "", "sha256:xyz", ""},
+	} {
+		got, err := TaskIDFor(tc.taskID, tc.url, tc.tag, tc.dgst)
+		if tc.want == "" {
+			if err == nil || !errors.Is(err, ErrInvalid) {
+				t.Errorf("%s: TaskIDFor = %q, %v; want ErrInvalid", tc.name, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s: TaskIDFor = %q, %v; want %q", tc.name, got, err, tc.want)
 		}
 	}
 }

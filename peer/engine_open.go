@@ -40,38 +40,7 @@ import (
 // digest, or TaskIDForURL of its URL and tag), else the URL-derived ID. So
 // a caller can never make content known under another content's ID.
 func (r Request) ID() (string, error) {
-	if r.TaskID == "" {
-		if r.URL == "" {
-			return "", fmt.Errorf("request has neither URL nor task ID: %w", blockstore.ErrInvalid)
-		}
-		return blockstore.TaskIDForURL(r.URL, r.Tag, "")
-	}
-	var derived []string
-	if r.Digest != "" {
-		id, err := blockstore.TaskIDForDigest(r.Digest)
-		if err != nil {
-			return "", fmt.Errorf("task ID %q: %w", r.TaskID, err)
-		}
-		if id == r.TaskID {
-			return id, nil
-		}
-		derived = append(derived, id+" (from the digest)")
-	}
-	if r.URL != "" {
-		id, err := blockstore.TaskIDForURL(r.URL, r.Tag, "")
-		if err != nil {
-			return "", fmt.Errorf("task ID %q: %w", r.TaskID, err)
-		}
-		if id == r.TaskID {
-			return id, nil
-		}
-		derived = append(derived, id+" (from the URL and tag)")
-	}
-	if len(derived) == 0 {
-		return "", fmt.Errorf("task ID %q: a request that names a task must carry the digest or URL its ID derives from: %w", r.TaskID, blockstore.ErrInvalid)
-	}
-	return "", fmt.Errorf("task ID %q does not name the requested content (want %s); leave the task ID out: %w",
-		r.TaskID, strings.Join(derived, " or "), blockstore.ErrInvalid)
+	return blockstore.TaskIDFor(r.TaskID, r.URL, r.Tag, r.Digest)
 }
 
 // Open resolves a task and returns its shared handle (see the top of this

@@ -47,39 +47,6 @@ func (v *service) Announce(_ context.Context, req *api.AnnounceRequest) (*api.An
 	}, nil
 }
 
-// registeredID returns the task id a registration names. A task id is
-// never taken from the caller as it is: whoever could pick the id of a URL
-// could have the seed fill it with other content. Accepted: the id derived
-// from url + tag (TaskIDForURL), or from the digest (TaskIDForDigest; the
-// seed checks the content against it); an empty taskID means the digest's
-// id when a digest is given, else the URL's.
-func registeredID(taskID, url, tag, digest string) (string, error) {
-	urlID, uerr := blockstore.TaskIDForURL(url, tag, "")
-	var digestID string
-	if digest != "" {
-		var err error
-		if digestID, err = blockstore.TaskIDForDigest(digest); err != nil {
-			return "", status.Errorf(codes.InvalidArgument, "register task: %v", err)
-		}
-	}
-	switch {
-	case taskID == "" && digestID != "":
-		return digestID, nil
-	case taskID == "" && uerr == nil:
-		return urlID, nil
-	case taskID == "":
-		return "", status.Errorf(codes.InvalidArgument, "register task: derive a task id: %v", uerr)
-	case (uerr == nil && taskID == urlID) || (digestID != "" && taskID == digestID):
-		return taskID, nil
-	}
-	want := urlID
-	if digestID != "" {
-		want = digestID
-	}
-	return "", status.Errorf(codes.InvalidArgument,
-		"register task: task_id %q does not name this content (url, tag and digest give %q); leave task_id empty or send the derived one", taskID, want)
-}
-
 // consistentID reports whether id names the content of url + tag (or is
 // content-addressed, so that the content is checked against the digest the
 // id carries).
@@ -153,9 +120,10 @@ func (v *service) RegisterTask(ctx context.Context, req *api.RegisterTaskRequest
 	if req.GetUrl() == "" {
 		return nil, status.Error(codes.InvalidArgument, "register task: url is required (the seed fetches it from there)")
 	}
-	id, err := registeredID(req.GetTaskId(), req.GetUrl(), req.GetTag(), req.GetDigest())
+	// The id always names the content (see blockstore.TaskIDFor).
+	id, err := blockstore.TaskIDFor(req.GetTaskId(), req.GetUrl(), req.GetTag(), req.GetDigest())
 	if err != nil {
-		return nil, err
+		return nil, status.Errorf(codes.InvalidArgument, "register task: %v", err)
 	}
 	hdr := http.Header{}
 	for _, h := range req.GetHeaders() {
