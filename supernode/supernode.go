@@ -30,8 +30,9 @@ import (
 
 // Config configures a supernode.
 type Config struct {
-	// StoreDir holds the seed's block store (StoreDir/blocks) and the token
-	// key (StoreDir/token.key).
+	// StoreDir holds the seed's block store (StoreDir/blocks), the token
+	// key (StoreDir/token.key) and the debug token (StoreDir/debug.token:
+	// GET /debug/state answers loopback callers and holders of it).
 	StoreDir string
 	// Quota caps the seed's store (bytes); 0 = none.
 	Quota int64
@@ -133,6 +134,10 @@ func Start(cfg Config) (_ *Supernode, err error) {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
 	s.signer = ed25519.NewKeyFromSeed(key)
+	debugToken, err := LoadOrCreateDebugToken(filepath.Join(cfg.StoreDir, DebugTokenFile))
+	if err != nil {
+		return nil, fmt.Errorf("supernode: %w", err)
+	}
 	if s.store, err = blockstore.Open(filepath.Join(cfg.StoreDir, "blocks"), blockstore.Options{Quota: cfg.Quota, DirectIO: cfg.DirectIO, Logger: cfg.Logger}); err != nil {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
@@ -164,7 +169,7 @@ func Start(cfg Config) (_ *Supernode, err error) {
 			s.sched.RemoveBlocks(id, s.cfg.SeedID, []int{idx})
 			s.seed.Resume(id, "")
 		}})
-	s.upload.Handle("GET /debug/state", http.HandlerFunc(s.serveState))
+	s.upload.Handle("GET /debug/state", debugGuard(debugToken, http.HandlerFunc(s.serveState)))
 	s.httpSrv = &http.Server{Handler: s.upload, ReadHeaderTimeout: 10 * time.Second}
 	s.checks = newAccusations(s)
 	s.grpcSrv = grpc.NewServer(grpc.UnaryInterceptor(s.auth.interceptor))
