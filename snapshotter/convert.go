@@ -153,7 +153,7 @@ func Convert(ctx context.Context, src, dst string, r *Resolver, opt ConvertOptio
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	img, err := remote.Image(sref, r.remoteOptions(ctx)...)
+	img, err := remote.Image(sref, r.RemoteOptions(ctx)...)
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("read %s: %w", src, err)
 	}
@@ -161,19 +161,8 @@ func Convert(ctx context.Context, src, dst string, r *Resolver, opt ConvertOptio
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	if err := remote.Write(dref, out, r.remoteOptions(ctx)...); err != nil {
+	if err := remote.Write(dref, out, r.RemoteOptions(ctx)...); err != nil {
 		return v1.Hash{}, fmt.Errorf("push %s: %w", dst, err)
 	}
 	return out.Digest()
-}
-
-func (r *Resolver) remoteOptions(ctx context.Context) []remote.Option {
-	opts := []remote.Option{remote.WithContext(ctx)}
-	if r.Keychain != nil {
-		opts = append(opts, remote.WithAuthFromKeychain(r.Keychain))
-	}
-	if r.Transport != nil {
-		opts = append(opts, remote.WithTransport(r.Transport))
-	}
-	return opts
 }

@@ -50,7 +50,7 @@ func Pull(ctx context.Context, ref string, r *Resolver, opt PullOptions) (contai
 	ctx = namespaces.WithNamespace(ctx, opt.Namespace)
 	full := parsed.Name()
 	opts := []containerd.RemoteOpt{
-		containerd.WithResolver(r.containerdResolver()),
+		containerd.WithResolver(containerdResolver(r)),
 		containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(opt.Snapshotter),
 		containerd.WithImageHandlerWrapper(snapshotters.AppendInfoHandlerWrapper(full)),
@@ -67,7 +67,7 @@ func Pull(ctx context.Context, ref string, r *Resolver, opt PullOptions) (contai
 
 // containerdResolver is a containerd registry resolver with the same credentials and
 // plain-HTTP rules as r.
-func (r *Resolver) containerdResolver() remotes.Resolver {
+func containerdResolver(r *Resolver) remotes.Resolver {
 	kc := r.Keychain
 	if kc == nil {
 		kc = authn.DefaultKeychain

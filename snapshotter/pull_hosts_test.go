@@ -60,7 +60,7 @@ func TestResolverFollowsHostsDir(t *testing.T) {
 	ctx := context.Background()
 	fetch := func(r *Resolver) {
 		t.Helper()
-		res := r.containerdResolver()
+		res := containerdResolver(r)
 		n, desc, err := res.Resolve(ctx, ref.Name())
 		if err != nil {
 			t.Fatalf("resolve: %v", err)
