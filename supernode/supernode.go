@@ -31,7 +31,7 @@ import (
 // Config configures a supernode.
 type Config struct {
 	// StoreDir holds the seed's block store (StoreDir/blocks), the token
-	// key (StoreDir/token.key) and the debug token (StoreDir/debug.token:
+	// key (StoreDir/token.key) and the admin token (StoreDir/admin.token:
 	// GET /debug/state answers loopback callers and holders of it).
 	StoreDir string
 	// Quota caps the seed's store (bytes); 0 = none.
@@ -134,7 +134,7 @@ func Start(cfg Config) (_ *Supernode, err error) {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
 	s.signer = ed25519.NewKeyFromSeed(key)
-	debugToken, err := LoadOrCreateDebugToken(filepath.Join(cfg.StoreDir, DebugTokenFile))
+	adminToken, err := LoadOrCreateAdminToken(filepath.Join(cfg.StoreDir, AdminTokenFile))
 	if err != nil {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
@@ -169,7 +169,7 @@ func Start(cfg Config) (_ *Supernode, err error) {
 			s.sched.RemoveBlocks(id, s.cfg.SeedID, []int{idx})
 			s.seed.Resume(id, "")
 		}})
-	s.upload.Handle("GET /debug/state", debugGuard(debugToken, http.HandlerFunc(s.serveState)))
+	s.upload.Handle("GET /debug/state", adminGuard(adminToken, http.HandlerFunc(s.serveState)))
 	s.httpSrv = &http.Server{Handler: s.upload, ReadHeaderTimeout: 10 * time.Second}
 	s.checks = newAccusations(s)
 	s.grpcSrv = grpc.NewServer(grpc.UnaryInterceptor(s.auth.interceptor))

@@ -60,7 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		heartbeat time.Duration
 	)
 	fs.StringVar(&cfg.GRPCListen, "listen", "0.0.0.0:8002", "gRPC control-plane listen address")
-	fs.StringVar(&cfg.UploadListen, "upload-listen", ":8001", "listen address of the seed's upload server (also serves GET /debug/state to loopback callers and holders of STORE/debug.token)")
+	fs.StringVar(&cfg.UploadListen, "upload-listen", ":8001", "listen address of the seed's upload server (also serves GET /debug/state to loopback callers and holders of STORE/admin.token)")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "host:port peers use to reach the upload server (default: derived from --upload-listen)")
 	fs.StringVar(&cfg.StoreDir, "store", "", "directory of the seed's block store and token key (required)")
 	fs.StringVar(&cfg.IDC, "idc", "", "locality label of the seed: data center (peers in it prefer the seed to parents in other idcs)")

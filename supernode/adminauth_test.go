@@ -9,10 +9,10 @@ import (
 	"testing"
 )
 
-func TestDebugGuard(t *testing.T) {
+func TestAdminGuard(t *testing.T) {
 	const token = "s3cret-debug-token-0123456789"
-	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("state")) })
-	h := debugGuard(token, ok)
+	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("SECRET-STATE")) })
+	h := adminGuard(token, ok)
 	for _, tc := range []struct {
 		name, remote, auth string
 		want               int
@@ -37,10 +37,10 @@ func TestDebugGuard(t *testing.T) {
 			if w.Code != tc.want {
 				t.Fatalf("status %d, want %d (body %q)", w.Code, tc.want, w.Body.String())
 			}
-			if tc.want == 401 && strings.Contains(w.Body.String(), "state") {
+			if tc.want == 401 && strings.Contains(w.Body.String(), "SECRET-STATE") {
 				t.Fatalf("refusal leaked the body: %q", w.Body.String())
 			}
-			if tc.want == 401 && !strings.Contains(w.Body.String(), DebugTokenFile) {
+			if tc.want == 401 && !strings.Contains(w.Body.String(), AdminTokenFile) {
 				t.Errorf("refusal does not say where the token is: %q", w.Body.String())
 			}
 		})
@@ -50,9 +50,9 @@ func TestDebugGuard(t *testing.T) {
 	}
 }
 
-func TestLoadOrCreateDebugToken(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "sub", DebugTokenFile)
-	a, err := LoadOrCreateDebugToken(p)
+func TestLoadOrCreateAdminToken(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "sub", AdminTokenFile)
+	a, err := LoadOrCreateAdminToken(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,14 +63,14 @@ func TestLoadOrCreateDebugToken(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("mode %v, want 0600", fi.Mode().Perm())
 	}
-	b, err := LoadOrCreateDebugToken(p)
+	b, err := LoadOrCreateAdminToken(p)
 	if err != nil || a != b {
 		t.Fatalf("second load: %q, %v; want the same token %q", b, err, a)
 	}
 	if err := os.WriteFile(p, []byte("short\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadOrCreateDebugToken(p); err == nil || !strings.Contains(err.Error(), "too short") {
+	if _, err := LoadOrCreateAdminToken(p); err == nil || !strings.Contains(err.Error(), "too short") {
 		t.Fatalf("short token: %v, want a clear error", err)
 	}
 }
