@@ -6,7 +6,7 @@ GOBIN := $(shell $(GO) env GOPATH)/bin
 BIN   := $(CURDIR)/bin
 CMDS  := dfget dforigin
 
-.PHONY: all build deps test lint demo bench bench-store bench-dfget bench-p2p bench-image proto clean
+.PHONY: all build deps test fuzz lint demo bench bench-store bench-dfget bench-p2p bench-image bench-chaos proto clean
 
 all: build
 
@@ -18,10 +18,18 @@ build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 # The full test suite: unit tests with -race, real processes, and (as root)
-# real FUSE, containerd and network-namespace tests. Ends with a line
-# "tests: N passed, N failed, N skipped" and lists every skip with its reason.
+# real FUSE, containerd and network-namespace tests; then every fuzz target
+# fuzzes for FUZZTIME (.ci/fuzz; each run counts as one test, a crasher
+# fails the suite and is saved under the package's testdata/fuzz/). Ends
+# with a line "tests: N passed, N failed, N skipped" and lists every skip
+# with its reason.
+FUZZTIME ?= 5s
 test: deps
-	@set -o pipefail; $(GO) test -race -timeout 30m -json ./... 2>&1 | $(GO) run ./cmd/internal/testsummary
+	@set -o pipefail; { $(GO) test -race -timeout 30m -json ./...; rc=$$?; FUZZTIME=$(FUZZTIME) GO=$(GO) .ci/fuzz || rc=1; exit $$rc; } 2>&1 | $(GO) run ./cmd/internal/testsummary
+
+# Longer fuzzing only (default 60s a target): make fuzz FUZZTIME=5m FUZZ_RUN=FuzzTOC
+fuzz:
+	@set -o pipefail; FUZZTIME=$(if $(filter command line environment,$(origin FUZZTIME)),$(FUZZTIME),60s) GO=$(GO) .ci/fuzz 2>&1 | $(GO) run ./cmd/internal/testsummary
 
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -53,6 +61,17 @@ IMAGE_N ?= 5,10,20
 bench-image: deps
 	@mkdir -p bench-results
 	DFLY_BENCH_IMAGE=$(IMAGE_N) DFLY_BENCH_OUT=$(CURDIR)/bench-results/image.md $(GO) test -count=1 -timeout 60m -tags bench -run '^TestBenchImage$$' -v ./integration/mirror/
+
+# The chaos suite bigger: DFLY_CHAOS_SCALE multiplies its file sizes and
+# peer counts (make test runs it at scale 1). Peers killed, a daemon and the
+# supernode restarted, the origin failing or vanishing, a full disk (root), a
+# damaged store, liars, a laggard; writes its table of results (time, origin
+# copies, refetched blocks, liar blocks rejected) to bench-results/chaos.md.
+# Quick run: make bench-chaos CHAOS_SCALE=2
+CHAOS_SCALE ?= 4
+bench-chaos: deps
+	@mkdir -p bench-results
+	DFLY_CHAOS_SCALE=$(CHAOS_SCALE) DFLY_CHAOS_OUT=$(CURDIR)/bench-results/chaos.md $(GO) test -count=1 -timeout 60m -run '^TestChaos' -v ./integration/chaos/
 
 proto:
 	supernode/api/gen.sh

@@ -13,6 +13,11 @@ const (
 	MinBlockSize int64 = 1 << 20
 	MaxBlockSize int64 = 16 << 20
 	TargetBlocks int64 = 2048
+	// MaxBlocks bounds the blocks of one task (64 TiB in blocks of
+	// MaxBlockSize): its metadata is kept in memory, a few tens of bytes a
+	// block, so a task of more (a tiny block size given with a large
+	// length, or a damaged index record) would exhaust it.
+	MaxBlocks = 1 << 22
 )
 
 // BlockSizeFor returns the block size for content of the given length.

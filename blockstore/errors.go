@@ -25,6 +25,13 @@ var (
 	// its data files are still there; the store refuses to open rather than
 	// lose them. Restore the index, or move the store aside to start empty.
 	ErrIndexLost = errors.New("store index lost")
+	// ErrWrongKey: the store is encrypted at rest with another key than the
+	// one given (Options.Key), or its key check is unreadable; it refused
+	// to open and changed nothing. Pass the key it was created with.
+	ErrWrongKey = errors.New("wrong store key")
+	// ErrKeyRequired: the store is encrypted at rest and was opened without
+	// a key; it refused to open and changed nothing.
+	ErrKeyRequired = errors.New("store key required")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store closed")
 )

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -205,6 +206,22 @@ func digestKey(id string, idx int) []byte {
 	return binary.BigEndian.AppendUint32([]byte("d/"+id+"/"), uint32(idx))
 }
 
+// checkRecord refuses task metadata the store never writes: filed under
+// another task's key, or an ID or a shape CreateTask refuses (a record
+// claiming a huge block count would exhaust memory at Open).
+func checkRecord(key []byte, t Task) error {
+	if string(key) != string(taskKey(t.ID)) {
+		return fmt.Errorf("record of task %q filed under another key: %w", t.ID, ErrInvalid)
+	}
+	if err := validID(t.ID); err != nil {
+		return err
+	}
+	if t.Length < 0 || t.BlockSize <= 0 || t.BlockSize&(t.BlockSize-1) != 0 || t.NumBlocks() > MaxBlocks {
+		return fmt.Errorf("task %s: length %d, block size %d: %w", t.ID, t.Length, t.BlockSize, ErrInvalid)
+	}
+	return nil
+}
+
 func validID(id string) error {
 	if id == "" || len(id) > 200 || strings.ContainsAny(id, "/\x00") {
 		return fmt.Errorf("task ID %q: must be 1-200 bytes without '/': %w", id, ErrInvalid)
@@ -224,10 +241,13 @@ func (s *Store) loadAll() ([]legacyBlock, error) {
 			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &t) }); err != nil {
 				return fmt.Errorf("load task metadata %s: %w", it.Item().Key(), err)
 			}
+			if err := checkRecord(it.Item().Key(), t); err != nil {
+				return fmt.Errorf("load task metadata %s: %w", it.Item().Key(), err)
+			}
 			s.tasks[t.ID] = newTaskState(t, t.AccessedAt)
 		}
 		for id, st := range s.tasks {
-			if err := loadBlocks(txn, id, st, &legacy); err != nil {
+			if err := loadBlocks(txn, s.log, id, st, &legacy); err != nil {
 				return err
 			}
 		}
@@ -253,12 +273,24 @@ func (s *Store) demoteIncomplete() error {
 	return nil
 }
 
-func loadBlocks(txn *badger.Txn, id string, st *taskState, legacy *[]legacyBlock) error {
+func loadBlocks(txn *badger.Txn, log *slog.Logger, id string, st *taskState, legacy *[]legacyBlock) error {
 	n := len(st.digests)
 	bit := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("b/" + id + "/")})
 	for bit.Rewind(); bit.Valid(); bit.Next() {
 		k := bit.Item().Key()
-		if idx := int(binary.BigEndian.Uint32(k[len(k)-4:])); idx < n {
+		idx := int(binary.BigEndian.Uint32(k[len(k)-4:]))
+		switch {
+		case idx >= n:
+		case st.task.Sealed: // the value is the block's seal record
+			var rec sealRec
+			err := bit.Item().Value(func(v []byte) (err error) { rec, err = decodeSeal(v); return err })
+			if err != nil { // as good as missing: fetched again, and the record replaced
+				log.Warn("block of an encrypted task has no readable seal record; it counts as missing", "task", id, "block", idx, "err", err)
+				continue
+			}
+			st.seals[idx] = rec
+			st.bitmap.Set(idx)
+		default:
 			st.bitmap.Set(idx)
 			if bit.Item().ValueSize() > 0 {
 				*legacy = append(*legacy, legacyBlock{id, idx})

@@ -18,7 +18,9 @@ import (
 // ReadBlock returns a verified copy of block idx: hashed against its digest
 // unless this process already hashed it and its data file has not changed
 // behind the store's back since (see datafile.go). A block that fails is
-// dropped (so it will be fetched again) and ErrCorrupt returned.
+// dropped (so it will be fetched again) and ErrCorrupt returned. A sealed
+// task's block is authenticated and decrypted on every read (see seal.go);
+// one that fails authentication is dropped in the same way.
 func (s *Store) ReadBlock(id string, idx int) ([]byte, error) {
 	return s.readBlock(id, idx, nil, true)
 }
@@ -37,6 +39,11 @@ func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, 
 		return nil, fmt.Errorf("block %d of task %s: %w", idx, id, ErrNotFound)
 	}
 	want := st.digests[idx]
+	var rec sealRec
+	var extra int64 // room after the block for its tag (sealed tasks)
+	if st.seals != nil {
+		rec, extra = st.seals[idx], tagSize
+	}
 	checked := st.checked.Has(idx)
 	gen := st.gen[idx]
 	view := st.viewLocked()
@@ -56,10 +63,10 @@ func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, 
 	var data []byte
 	var m int
 	if direct != nil {
-		data, m, err = s.readDirect(direct, df.f, buf, n, off)
+		data, m, err = s.readDirect(direct, df.f, buf, n, extra, off)
 	} else {
-		if int64(cap(buf)) < n {
-			buf = make([]byte, n)
+		if int64(cap(buf)) < n+extra {
+			buf = make([]byte, n, n+extra)
 		}
 		data = buf[:n]
 		m, err = df.f.ReadAt(data, off)
@@ -77,6 +84,9 @@ func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, 
 	st.mu.Unlock()
 	if changed {
 		return nil, fmt.Errorf("block %d of task %s: dropped while being read: %w", idx, id, ErrNotFound)
+	}
+	if err == nil && extra > 0 {
+		data, err = s.seal.open(data, rec, id, idx)
 	}
 	if err == nil && (!verify || checked && trusted) {
 		s.bytesRead.Add(n)
@@ -108,13 +118,13 @@ func (s *Store) readBlock(id string, idx int, buf []byte, verify bool) ([]byte, 
 }
 
 // readDirect reads the n bytes at off with O_DIRECT into buf (or a new
-// aligned buffer): the read is rounded up to whole aligned pages, and may
-// end early at the end of the file. A refused direct read is retried
-// through the page cache (f).
-func (s *Store) readDirect(direct, f *os.File, buf []byte, n, off int64) ([]byte, int, error) {
+// aligned buffer, with room for extra bytes after the block): the read is
+// rounded up to whole aligned pages, and may end early at the end of the
+// file. A refused direct read is retried through the page cache (f).
+func (s *Store) readDirect(direct, f *os.File, buf []byte, n, extra, off int64) ([]byte, int, error) {
 	c := (n + directio.Align - 1) &^ (directio.Align - 1)
-	if int64(cap(buf)) < c || !directio.AlignedAddr(buf[:1]) {
-		buf = directio.Buffer(n)
+	if int64(cap(buf)) < max(c, n+extra) || !directio.AlignedAddr(buf[:1]) {
+		buf = directio.Buffer(n + extra)
 	}
 	m, err := direct.ReadAt(buf[:c], off)
 	if errors.Is(err, syscall.EINVAL) && m == 0 {
@@ -140,7 +150,9 @@ func (s *Store) readDirect(direct, f *os.File, buf []byte, n, off int64) ([]byte
 // with sendfile(2), never through user space; a change made to the file
 // while it is sent (or the block dropped and rewritten meanwhile, its
 // digest changed at the origin) is caught by the receiver's own check. With
-// Options.DirectIO the block is read, verified, into a pooled buffer.
+// Options.DirectIO, and for a sealed task (whose bytes on disk are
+// ciphertext: they cannot be sent as they are), the block is read, verified
+// (and decrypted), into a pooled buffer.
 func (s *Store) OpenBlock(id string, idx int) (io.ReadCloser, int64, error) {
 	st, err := s.state(id)
 	if err != nil {
@@ -152,11 +164,12 @@ func (s *Store) OpenBlock(id string, idx int) (io.ReadCloser, int64, error) {
 	if has {
 		n = st.task.BlockLen(idx)
 	}
+	sealed := st.task.Sealed
 	st.mu.Unlock()
 	if !has {
 		return nil, 0, fmt.Errorf("block %d of task %s: %w", idx, id, ErrNotFound)
 	}
-	if s.opt.DirectIO && !s.noDirect.Load() {
+	if sealed || s.opt.DirectIO && !s.noDirect.Load() {
 		bp, _ := s.bufs.Get().(*[]byte)
 		if bp == nil {
 			bp = new([]byte)

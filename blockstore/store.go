@@ -6,8 +6,12 @@
 //	DIR/*.sst, *.vlog, ...  Badger: the keys below
 //	  t/<id>              JSON Task metadata
 //	  d/<id>/<idx:4>      32-byte SHA-256 of block idx (known before or after the block)
-//	  b/<id>/<idx:4>      empty: block idx is present
+//	  b/<id>/<idx:4>      block idx is present; empty, or for a sealed task its
+//	                      seal record (version, 12-byte GCM nonce, 16-byte tag)
+//	  k/check             with Options.Key: key fingerprint + a known value
+//	                      sealed with the key (a wrong key is refused at Open)
 //	DIR/data/<id>.blocks   the task's bytes, block idx at offset idx*BlockSize
+//	                      (for a sealed task: AES-256-GCM ciphertext, same length)
 //
 //	  x/<id>              empty: task id is being deleted (its data file is an orphan)
 //	DIR/quarantine/        data files found without a task, kept for the operator
@@ -25,6 +29,12 @@
 // task's disk at once, and lets upload servers send blocks with sendfile(2)
 // (OpenBlock). Stores written by older versions, with the bytes inside
 // Badger, are migrated on Open.
+//
+// Encryption at rest (Options.Key, see seal.go): every task a store with a
+// key creates is sealed, its blocks encrypted with AES-256-GCM bound to the
+// task and index, authenticated on every read (a block that fails is
+// dropped like a corrupt one) and sent decrypted from memory, not with
+// sendfile. A wrong or missing key makes Open fail before anything changes.
 package blockstore
 
 import (
@@ -78,6 +88,13 @@ type Options struct {
 	// opened again on its next use; more are open only while more tasks
 	// than that are read or written at the same moment.
 	MaxOpenFiles int
+	// Key, when set (KeySize bytes), encrypts the store at rest with
+	// AES-256-GCM: every task created from then on is sealed (Task.Sealed),
+	// its blocks encrypted in the data files and authenticated on every
+	// read (see seal.go; LoadKey reads a key from a file or DFLY_STORE_KEY).
+	// A store once opened with a key refuses to open without it
+	// (ErrKeyRequired) or with another (ErrWrongKey), changing nothing.
+	Key []byte
 }
 
 // Stats are a snapshot of a store's counters.
@@ -116,6 +133,10 @@ type Store struct {
 	bufs sync.Pool
 	// files keeps the most recently used data files open.
 	files fileCache
+	// seal encrypts sealed tasks' blocks (nil: the store has no key);
+	// sealBufs pools its ciphertext buffers (*[]byte).
+	seal     *sealer
+	sealBufs sync.Pool
 
 	bytesWritten  atomic.Int64
 	blocksWritten atomic.Int64
@@ -166,11 +187,18 @@ type taskState struct {
 	// wmu serialises block writes of the task, so that a stale write can
 	// never overwrite a block another writer already committed.
 	wmu sync.Mutex
+	// seals are the seal records of a sealed task's present blocks (nil
+	// for a plain task); see seal.go.
+	seals []sealRec
 }
 
 func newTaskState(t Task, access time.Time) *taskState {
 	n := t.NumBlocks()
-	return &taskState{task: t, bitmap: NewBitmap(n), checked: NewBitmap(n), gen: make([]uint32, n), digests: make([][]byte, n), access: access}
+	st := &taskState{task: t, bitmap: NewBitmap(n), checked: NewBitmap(n), gen: make([]uint32, n), digests: make([][]byte, n), access: access}
+	if t.Sealed {
+		st.seals = make([]sealRec, n)
+	}
+	return st
 }
 
 // Open opens (creating if needed) the store in dir.
@@ -189,6 +217,13 @@ func Open(dir string, opt Options) (*Store, error) {
 	}
 	if opt.MaxOpenFiles <= 0 {
 		opt.MaxOpenFiles = defaultMaxOpenFiles
+	}
+	var seal *sealer
+	if opt.Key != nil {
+		var err error
+		if seal, err = newSealer(opt.Key); err != nil {
+			return nil, fmt.Errorf("open block store %s: %w", dir, err)
+		}
 	}
 	if err := checkIndex(dir); err != nil {
 		return nil, err
@@ -213,9 +248,12 @@ func Open(dir string, opt Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open block store %s: %w", dir, err)
 	}
-	s := &Store{db: db, dir: dir, opt: opt, log: opt.Logger, tasks: map[string]*taskState{}, stop: make(chan struct{})}
+	s := &Store{db: db, dir: dir, opt: opt, log: opt.Logger, tasks: map[string]*taskState{}, stop: make(chan struct{}), seal: seal}
 	s.files.max = opt.MaxOpenFiles
 	legacy, err := s.loadAll()
+	if err == nil { // before anything is changed: a wrong key must cost nothing
+		err = s.checkKey()
+	}
 	if err == nil {
 		err = s.migrate(legacy)
 	}
@@ -312,10 +350,16 @@ func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
 	if t.BlockSize <= 0 || t.BlockSize&(t.BlockSize-1) != 0 {
 		return Task{}, fmt.Errorf("task %s: block size %d is not a power of two: %w", t.ID, t.BlockSize, ErrInvalid)
 	}
+	if t.NumBlocks() > MaxBlocks {
+		return Task{}, fmt.Errorf("task %s: %d bytes in blocks of %d is more than %d blocks: %w", t.ID, t.Length, t.BlockSize, MaxBlocks, ErrInvalid)
+	}
 	if t.Digest != "" {
 		if _, _, err := ParseDigest(t.Digest); err != nil {
 			return Task{}, err
 		}
+	}
+	if t.Sealed && s.seal == nil {
+		return Task{}, fmt.Errorf("task %s: asked to be encrypted at rest but the store has no key; open it with a store key (--store-key-file): %w", t.ID, ErrInvalid)
 	}
 	if existing, err := s.Task(t.ID); err == nil {
 		if existing.Length != t.Length || existing.BlockSize != t.BlockSize {
@@ -331,6 +375,7 @@ func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
 	t.State = StatePending
 	t.CreatedAt, t.AccessedAt = now, now
 	t.Verified = false
+	t.Sealed = s.seal != nil // with a key, every new task is encrypted
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -438,8 +483,8 @@ func (s *Store) UpdateTask(id string, fn func(*Task) error) (Task, error) {
 	if err := fn(&t); err != nil {
 		return Task{}, err
 	}
-	if t.ID != st.task.ID || t.Length != st.task.Length || t.BlockSize != st.task.BlockSize {
-		return Task{}, fmt.Errorf("task %s: identity, length and block size cannot change: %w", id, ErrInvalid)
+	if t.ID != st.task.ID || t.Length != st.task.Length || t.BlockSize != st.task.BlockSize || t.Sealed != st.task.Sealed {
+		return Task{}, fmt.Errorf("task %s: identity, length, block size and encryption cannot change: %w", id, ErrInvalid)
 	}
 	if t.State == StateComplete && st.task.State != StateComplete || t.Verified && t.State != StateComplete {
 		return Task{}, fmt.Errorf("task %s: UpdateTask cannot complete a task; VerifyAndComplete does, after checking its content: %w", id, ErrInvalid)

@@ -44,6 +44,10 @@ type Task struct {
 	// (source.Sensitive headers): it is then handed to a caller only after
 	// the origin accepted that caller's own credentials.
 	Private bool `json:"private,omitempty"`
+	// Sealed is set on the tasks a store with a key (Options.Key) created:
+	// their blocks are encrypted at rest with AES-256-GCM (see seal.go).
+	// The store sets it; CreateTask refuses it on a store without a key.
+	Sealed bool `json:"sealed,omitempty"`
 }
 
 // NumBlocks is the number of blocks of the task.
@@ -68,7 +72,7 @@ var volatileParams = map[string]bool{
 func NormalizeURL(raw string) (string, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return "", fmt.Errorf("parse URL %q: %w", raw, err)
+		return "", fmt.Errorf("parse URL %q: %w: %w", raw, err, ErrInvalid)
 	}
 	if u.Scheme == "" || u.Host == "" {
 		return "", fmt.Errorf("URL %q: want an absolute http(s) URL: %w", raw, ErrInvalid)

@@ -89,7 +89,9 @@ func (s *Store) BlockDigest(id string, idx int) ([]byte, bool) {
 // already present stores nothing but still checks the bytes: a nil error
 // always means data is the verified block. The bytes go to the task's data file first;
 // the block becomes present (one Badger transaction) only once they are
-// written — and synced, with Options.SyncWrites.
+// written — and synced, with Options.SyncWrites. A sealed task's block is
+// encrypted on its way to the data file (its caller's data is left as it
+// is), and its seal record committed with the block (see seal.go).
 func (s *Store) PutBlock(ctx context.Context, id string, idx int, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -103,6 +105,7 @@ func (s *Store) PutBlock(ctx context.Context, id string, idx int, data []byte) e
 	defer st.wmu.Unlock()
 	st.mu.Lock() // st.task changes under st.mu (a drop turns the task pending)
 	off := int64(idx) * st.task.BlockSize
+	sealed := st.task.Sealed
 	write, err := s.checkPutLocked(st, idx, data, sum[:])
 	st.mu.Unlock()
 	if err != nil || !write {
@@ -116,12 +119,18 @@ func (s *Store) PutBlock(ctx context.Context, id string, idx int, data []byte) e
 		return s.writeErr(id, idx, err)
 	}
 	defer s.files.release(df)
+	out, rec := data, sealRec{}
+	if sealed {
+		bp := s.sealBuf(len(data))
+		defer s.putSealBuf(bp)
+		out, rec = s.seal.seal(*bp, data, id, idx)
+	}
 	var direct *os.File
-	if directio.CanDirect(data, off) {
+	if directio.CanDirect(out, off) {
 		direct = s.directFile(df)
 	}
 	epoch := s.beginWrite(st, df.f)
-	err = s.writeAt(df.f, direct, data, off)
+	err = s.writeAt(df.f, direct, out, off)
 	s.endWrite(st, df.f)
 	if err != nil {
 		return s.writeErr(id, idx, err)
@@ -138,19 +147,26 @@ func (s *Store) PutBlock(ctx context.Context, id string, idx int, data []byte) e
 		return err
 	}
 	newDigest := st.digests[idx] == nil
+	var present []byte // a plain block's b/ value is empty
+	if sealed {
+		present = rec.encode()
+	}
 	err = s.db.Update(func(txn *badger.Txn) error {
 		if newDigest {
 			if err := txn.Set(digestKey(id, idx), sum[:]); err != nil {
 				return err
 			}
 		}
-		return txn.Set(blockKey(id, idx), nil)
+		return txn.Set(blockKey(id, idx), present)
 	})
 	if err != nil {
 		return s.writeErr(id, idx, err)
 	}
 	if newDigest {
 		st.digests[idx] = sum[:]
+	}
+	if sealed {
+		st.seals[idx] = rec
 	}
 	st.bitmap.Set(idx)
 	if st.epoch == epoch { // (else the file changed behind the store's back since)

@@ -177,7 +177,10 @@ func parseMountinfo(r io.Reader) ([]MountEntry, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
+		// Fields are separated by spaces; other white space (a \v, a
+		// U+00A0) may be part of a path, which the kernel escapes only
+		// space, tab, newline and backslash of.
+		fields := strings.FieldsFunc(sc.Text(), func(r rune) bool { return r == ' ' })
 		sep := -1
 		for i, f := range fields {
 			if f == "-" {

@@ -20,10 +20,15 @@ import (
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/tlsconf"
 )
 
 // DaemonConfig configures a Daemon (one per host: it owns the host's block store).
 type DaemonConfig struct {
+	// PreheatRate caps the bytes/s of preheat orders from the supernode
+	// (preheat jobs with a host selector); 0 = only the download limit.
+	// Preheats also wait while a foreground download runs on this host.
+	PreheatRate int64
 	// Supernode is the supernode's gRPC address; empty = origin mode (no swarm, no uploads).
 	Supernode string
 	// Listen is the upload server's address (default 0.0.0.0:8003).
@@ -40,6 +45,9 @@ type DaemonConfig struct {
 	Quota int64
 	// DirectIO keeps block bytes out of the page cache (blockstore.Options.DirectIO).
 	DirectIO bool
+	// StoreKey encrypts the store at rest (blockstore.Options.Key,
+	// blockstore.LoadKey); nil = plain.
+	StoreKey []byte
 	// HostID overrides the ID used with the supernode.
 	HostID    string
 	IDC, Rack string
@@ -56,8 +64,13 @@ type DaemonConfig struct {
 	CorruptUploads bool
 	// TLS configures HTTPS to origins and registries (source.LoadCAs for a
 	// private CA); nil = the system CAs.
-	TLS    *tls.Config
-	Logger *slog.Logger
+	TLS *tls.Config
+	// SwarmTLS secures the swarm's links (nil = plain TCP): the upload
+	// server serves TLS with its certificate (requiring client certificates
+	// with ClientAuth) and the swarm dials with it (SwarmConfig.TLS). It
+	// needs a certificate when the daemon joins a swarm.
+	SwarmTLS *tlsconf.Reloader
+	Logger   *slog.Logger
 }
 
 // Daemon is a running dfdaemon: block store, engine, swarm, upload server and local API.
@@ -76,6 +89,7 @@ type Daemon struct {
 	wg           sync.WaitGroup
 	closeOnce    sync.Once
 	downloads    atomic.Int64
+	preheat      *preheater // nil in origin mode
 }
 
 // StartDaemon opens the store, starts the upload server, joins the swarm and
@@ -102,7 +116,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 			}
 		}
 	}()
-	d.store, err = blockstore.Open(cfg.StoreDir, blockstore.Options{Quota: cfg.Quota, DirectIO: cfg.DirectIO, Logger: cfg.Logger})
+	d.store, err = blockstore.Open(cfg.StoreDir, blockstore.Options{Quota: cfg.Quota, DirectIO: cfg.DirectIO, Key: cfg.StoreKey, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -117,6 +131,12 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		d.advert = cfg.Advertise
 		if d.advert == "" {
 			d.advert = advertiseAddr(d.upLn.Addr().(*net.TCPAddr))
+		}
+		if cfg.SwarmTLS != nil {
+			if !cfg.SwarmTLS.HasCertificate() {
+				return nil, fmt.Errorf("dfdaemon: TLS without a certificate for the upload server: pass --tls-cert and --tls-key: %w", tlsconf.ErrNoCertificate)
+			}
+			d.upLn = cfg.SwarmTLS.NewListener(d.upLn)
 		}
 	}
 	if err := os.MkdirAll(filepath.Dir(cfg.Sock), 0o755); err != nil {
@@ -157,9 +177,12 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		if serr != nil {
 			return nil, fmt.Errorf("dfdaemon: %w", serr)
 		}
+		d.preheat = newPreheater(cfg.Logger, cfg.PreheatRate, func() bool { return d.engine != nil && d.engine.Busy() },
+			func(job, task string, err error) { d.swarm.ReportPreheat(job, task, err) })
 		d.swarm, err = NewSwarm(ctx, SwarmConfig{
+			OnPreheat: d.preheat.offer,
 			Supernode: cfg.Supernode, Store: d.store, HostID: cfg.HostID, UploadAddr: d.advert, HostSecret: secret,
-			IDC: cfg.IDC, Rack: cfg.Rack, UploadCapacity: cfg.UploadRate, BlockTimeout: cfg.BlockTimeout,
+			IDC: cfg.IDC, Rack: cfg.Rack, UploadCapacity: cfg.UploadRate, BlockTimeout: cfg.BlockTimeout, TLS: cfg.SwarmTLS,
 			UploadStats: func() (int32, int64) {
 				s := d.upload.Stats()
 				return s.InFlight, s.BytesServed
@@ -179,6 +202,10 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		return nil, err
 	}
 
+	if d.preheat != nil {
+		d.preheat.start(d.runPreheat)
+		cleanup = append(cleanup, d.preheat.close)
+	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.cancel = cancel
 	if d.upload != nil {
@@ -350,6 +377,9 @@ func (d *Daemon) Close() error {
 	d.closeOnce.Do(func() {
 		d.cancel()
 		d.wg.Wait()
+		if d.preheat != nil {
+			d.preheat.close()
+		}
 		if d.swarm != nil {
 			err = errors.Join(err, d.swarm.Close())
 		}
@@ -382,4 +412,12 @@ func loadOrCreateHostSecret(path string) (string, error) {
 		return "", fmt.Errorf("install host secret: %w", err)
 	}
 	return s, nil
+}
+
+// runPreheat fetches a preheat order into the store (no output), pacing
+// every block (see preheater.pace).
+func (d *Daemon) runPreheat(ctx context.Context, o PreheatOrder, pace func(context.Context, int64) error) error {
+	_, err := d.engine.Download(ctx, Request{URL: o.URL, Header: o.Header, Digest: o.Digest, TaskID: o.TaskID, Tag: o.Tag},
+		DownloadOptions{Pace: pace})
+	return err
 }

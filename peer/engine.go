@@ -111,6 +111,9 @@ type Engine struct {
 	mutations flightGroup[created] // one creation or replacement per task ID at a time
 
 	fallbacks atomic.Int64
+	// foreground counts downloads and foreground block fetches in flight
+	// (preheats, which pace themselves, are not counted): see Busy.
+	foreground atomic.Int64
 }
 
 // New returns an engine.
@@ -144,6 +147,11 @@ func New(cfg Config) (*Engine, error) {
 
 // Store returns the engine's block store.
 func (e *Engine) Store() *blockstore.Store { return e.store }
+
+// Busy reports whether a download (other than a paced one, such as a
+// preheat) or a foreground block fetch (a reader waiting) is in flight:
+// background work yields while it is.
+func (e *Engine) Busy() bool { return e.foreground.Load() > 0 }
 
 // Fallbacks counts operations that went to the origin because the swarm failed.
 func (e *Engine) Fallbacks() int64 { return e.fallbacks.Load() }
@@ -302,6 +310,10 @@ func (t *Task) adoptDigest(d string) error {
 
 // Fetch makes sure block idx is stored and verified.
 func (t *Task) Fetch(ctx context.Context, idx int, prio Priority) error {
+	if prio == Foreground {
+		t.e.foreground.Add(1)
+		defer t.e.foreground.Add(-1)
+	}
 	if prio == Background && !t.e.store.HasBlock(t.id, idx) {
 		// Take a background slot before announcing the fetch as in flight, so
 		// a foreground reader of the same block never waits behind the

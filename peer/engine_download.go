@@ -32,6 +32,10 @@ type DownloadOptions struct {
 	// digest, the pass checked the whole content, and every block of the
 	// task was written (Download fails otherwise).
 	OutputAt io.WriterAt
+	// Pace, if set, is called before each block this download fetches
+	// with the block's length; it may wait (background work yielding to
+	// foreground downloads, a rate limit). An error ends the download.
+	Pace func(ctx context.Context, n int64) error
 }
 
 // Progress of a download.
@@ -59,6 +63,10 @@ type Result struct {
 
 // Download opens the task of req and downloads it (see Task.Download).
 func (e *Engine) Download(ctx context.Context, req Request, opt DownloadOptions) (Result, error) {
+	if opt.Pace == nil {
+		e.foreground.Add(1)
+		defer e.foreground.Add(-1)
+	}
 	start := time.Now()
 	fb := e.fallbacks.Load()
 	t, err := e.Open(ctx, req)
@@ -147,6 +155,12 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 		go func() {
 			defer wg.Done()
 			for idx := range work {
+				if opt.Pace != nil {
+					if err := opt.Pace(ctx, meta.BlockLen(idx)); err != nil {
+						cancel(err)
+						return
+					}
+				}
 				if err := t.Fetch(ctx, idx, Background); err != nil {
 					cancel(err)
 					return

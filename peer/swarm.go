@@ -36,7 +36,8 @@ package peer
 //     parent's upload slot for each answer until the result is reported.
 //     Bad-digest results are sent at once (the liar is blocked at once).
 //
-// Data plane: GET /blocks/{task}/{idx} (X-Dfly-Token) on the ranked parents in
+// Data plane: GET /blocks/{task}/{idx} (X-Dfly-Token; https:// with
+// SwarmConfig.TLS, as is the gRPC control plane) on the ranked parents in
 // order, skipping parents that served a bad block or failed 3 times in a row
 // for the task; the bytes are paced by the engine's download rate limit and
 // stored through the store's PutBlock, which checks them against the seed's
@@ -69,6 +70,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/tlsconf"
 	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
@@ -103,13 +105,23 @@ type SwarmConfig struct {
 	// supernode (a restart) before they go to the origin. Default 10s,
 	// at most BlockTimeout.
 	SupernodeGrace time.Duration
-	// DialOptions override the gRPC dial options (default: insecure transport).
+	// DialOptions override the gRPC dial options (default: TLS with TLS,
+	// else an insecure transport).
 	DialOptions []grpc.DialOption
+	// TLS secures the swarm's links (nil = plain TCP): gRPC to the
+	// supernode and block fetches (https://) verify the server's
+	// certificate against its CAs, the server name being the host part of
+	// the address dialled, and present its certificate when asked (mutual
+	// TLS). The whole swarm uses TLS or none.
+	TLS *tlsconf.Reloader
 	// HostSecret proves to the supernode that calls for HostID come from
 	// this host (the supernode binds the id to the first secret it sees
 	// while the host is live). Keep it across restarts of the same host
 	// (dfdaemon stores it beside its block store); default: random.
 	HostSecret string
+	// OnPreheat, if set, receives the preheat orders of each heartbeat's
+	// answer (repeated until their job ends; it must not block).
+	OnPreheat func([]PreheatOrder)
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -164,6 +176,8 @@ type SupernodeSwarm struct {
 	needFull  bool      // next heartbeat sends every held task
 	closed    bool
 
+	preheatReports []*api.PreheatReport // failed preheat orders, sent with the next heartbeat
+
 	lastUpload rateSample    // last upload counter sample (for the heartbeat's rate)
 	hbKick     chan struct{} // asks the heartbeat for a full announce now
 
@@ -214,7 +228,11 @@ func NewSwarm(ctx context.Context, cfg SwarmConfig) (*SupernodeSwarm, error) {
 	}
 	opts := cfg.DialOptions
 	if opts == nil {
-		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		creds := insecure.NewCredentials()
+		if cfg.TLS != nil {
+			creds = cfg.TLS.ClientCredentials(cfg.Supernode)
+		}
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 	}
 	secret := cfg.HostSecret
 	opts = append(slices.Clip(opts), grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
@@ -224,15 +242,20 @@ func NewSwarm(ctx context.Context, cfg SwarmConfig) (*SupernodeSwarm, error) {
 	if err != nil {
 		return nil, fmt.Errorf("swarm: supernode address %q: %w", cfg.Supernode, err)
 	}
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		DialContext:         dialer.DialContext,
+		MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: cfg.StallTimeout,
+	}
+	if cfg.TLS != nil {
+		tr.DialTLSContext = cfg.TLS.DialTLS(dialer)
+	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &SupernodeSwarm{
 		cfg: cfg, log: cfg.Logger.With("component", "swarm"), conn: conn, client: api.NewSchedulerClient(conn),
 		store: cfg.Store, ctx: sctx, cancel: cancel, tasks: map[string]*swarmTask{}, byParent: map[string]int64{},
 		needFull: true, hbKick: make(chan struct{}, 1),
-		http: &http.Client{Transport: &http.Transport{
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: cfg.StallTimeout,
-		}},
+		http: &http.Client{Transport: tr},
 	}
 	// One synchronous heartbeat so that a daemon started next to a running
 	// supernode is registered before its first download.
@@ -377,10 +400,11 @@ func (s *SupernodeSwarm) rpcCtx(ctx context.Context) (context.Context, context.C
 func (s *SupernodeSwarm) announce(ctx context.Context) (time.Duration, error) {
 	s.mu.Lock()
 	full := s.needFull
+	reports := s.preheatReports
 	s.mu.Unlock()
 	req := &api.AnnounceRequest{Host: &api.Host{
 		Id: s.cfg.HostID, UploadAddr: s.cfg.UploadAddr, Idc: s.cfg.IDC, Rack: s.cfg.Rack, UploadCapacity: s.cfg.UploadCapacity,
-	}}
+	}, PreheatReports: reports}
 	if s.cfg.UploadStats != nil {
 		inflight, served := s.cfg.UploadStats()
 		req.UploadsInFlight = inflight
@@ -410,6 +434,7 @@ func (s *SupernodeSwarm) announce(ctx context.Context) (time.Duration, error) {
 		}
 	}
 	s.downUntil, s.downSince = time.Time{}, time.Time{}
+	s.preheatReports = s.preheatReports[min(len(reports), len(s.preheatReports)):] // delivered
 	if full {
 		s.needFull = false
 	}
@@ -431,6 +456,9 @@ func (s *SupernodeSwarm) announce(ctx context.Context) (time.Duration, error) {
 	}
 	if full {
 		s.log.Debug("announced", "held", len(req.Held))
+	}
+	if orders := resp.GetPreheat(); len(orders) > 0 && s.cfg.OnPreheat != nil {
+		s.cfg.OnPreheat(preheatOrders(orders))
 	}
 	iv := time.Duration(resp.GetHeartbeatIntervalMs()) * time.Millisecond
 	if iv <= 0 {
@@ -1150,7 +1178,12 @@ func (st *swarmTask) parents(idx int) []*api.Parent {
 	delete(st.assign, idx) // an assignment is used once
 	var ps []*api.Parent
 	for _, p := range a.parents {
-		if !st.excluded[p.GetHostId()] && st.fails[p.GetHostId()] < 3 && p.GetHostId() != st.s.cfg.HostID && p.GetUploadAddr() != "" {
+		// Three failures in a row skip a peer for the task, but never the
+		// seed: its failures mean the supernode went away (transfers cut by
+		// a restart), and the supernode assigns it only once it is back —
+		// skipping it then left blocks only it held waiting BlockTimeout.
+		failed := st.fails[p.GetHostId()] >= 3 && !p.GetIsSeed()
+		if !st.excluded[p.GetHostId()] && !failed && p.GetHostId() != st.s.cfg.HostID && p.GetUploadAddr() != "" {
 			ps = append(ps, p)
 		}
 	}
@@ -1288,6 +1321,11 @@ func (st *swarmTask) fetch(ctx context.Context, meta blockstore.Task, idx int, p
 		if ctx.Err() != nil {
 			return nil, 0, ctx.Err()
 		}
+		if errors.Is(err, errLocalStore) {
+			// This host cannot store it (disk full): no parent helps, and
+			// asking again would download it again for BlockTimeout.
+			return nil, 0, err
+		}
 		lastErr = err
 		st.mu.Lock()
 		delete(st.assign, idx) // ask again
@@ -1336,12 +1374,16 @@ func (st *swarmTask) fetchFrom(ctx context.Context, meta blockstore.Task, idx in
 	defer stealTick.Stop()
 	began := time.Now()
 	var errs []error
+	var laggard *api.Parent // the parent a laggard steal duplicated
 	for running > 0 {
 		select {
 		case r := <-results:
 			running--
 			if r.err == nil {
 				cancel()
+				if laggard != nil && r.p != laggard && running > 0 {
+					st.slow(laggard, idx)
+				}
 				return r.data, fromOf(r.p), nil
 			}
 			errs = append(errs, fmt.Errorf("parent %s: %w", r.p.GetHostId(), r.err))
@@ -1366,10 +1408,44 @@ func (st *swarmTask) fetchFrom(ctx context.Context, meta blockstore.Task, idx in
 				st.s.log.Debug("end game: duplicating slow block request", "task", st.id, "block", idx, "to", ps[next].GetHostId())
 				start(ps[next])
 				next, running = next+1, running+1
+			} else if running == 1 && laggard == nil && next < len(ps) && isLaggard(time.Since(began), typical) {
+				// Far slower than usual before the end game too: a laggard
+				// parent would hold this fetch slot for as long as it likes.
+				laggard = ps[next-1]
+				st.s.steals.Add(1)
+				st.s.log.Debug("duplicating a laggard's block request", "task", st.id, "block", idx, "from", laggard.GetHostId(), "to", ps[next].GetHostId())
+				start(ps[next])
+				next, running = next+1, running+1
 			}
 		}
 	}
 	return nil, 0, fmt.Errorf("block %d of task %s: every parent failed: %w", idx, st.id, errors.Join(errs...))
+}
+
+// Laggards: a transfer taking laggardFactor times the typical block time
+// (and at least laggardMin) is duplicated to the next parent even before
+// the end game; when the copy wins, the laggard's transfer counts as a
+// failure (reported to the supernode, which deprioritises a parent failing
+// repeatedly, and skipped here after three), so a parent whose link
+// delivers a fraction of what it declares cannot hold the swarm's fetch
+// slots.
+const (
+	laggardFactor = 8
+	laggardMin    = 2 * time.Second
+)
+
+// isLaggard reports whether a transfer running for elapsed is a laggard's.
+func isLaggard(elapsed, typical time.Duration) bool {
+	return typical > 0 && elapsed >= max(laggardFactor*typical, laggardMin)
+}
+
+// slow records that parent p lost block idx to a duplicate of its transfer.
+func (st *swarmTask) slow(p *api.Parent, idx int) {
+	st.mu.Lock()
+	st.fails[p.GetHostId()]++
+	st.mu.Unlock()
+	st.report(&api.BlockResult{Block: int32(idx), ParentId: p.GetHostId(), Error: "too slow: a duplicate from another parent delivered the block first"}, false)
+	st.s.log.Debug("laggard parent lost a block to a duplicate", "task", st.id, "block", idx, "parent", p.GetHostId())
 }
 
 func fromOf(p *api.Parent) From {
@@ -1468,7 +1544,7 @@ type pacer func(ctx context.Context, n int64) error
 func (st *swarmTask) download(ctx context.Context, p *api.Parent, idx int, size int64, pace pacer) ([]byte, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	url := fmt.Sprintf("http://%s/blocks/%s/%d", p.GetUploadAddr(), st.id, idx)
+	url := fmt.Sprintf("%s://%s/blocks/%s/%d", st.s.cfg.TLS.Scheme(), p.GetUploadAddr(), st.id, idx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
@@ -1515,4 +1591,31 @@ func (st *swarmTask) download(ctx context.Context, p *api.Parent, idx int, size 
 		}
 	}
 	return buf, nil
+}
+
+// ReportPreheat tells the supernode (with the next heartbeat) why this host
+// failed a preheat order.
+func (s *SupernodeSwarm) ReportPreheat(jobID, taskID string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.preheatReports = append(s.preheatReports, &api.PreheatReport{JobId: jobID, TaskId: taskID, Error: err.Error()})
+	if len(s.preheatReports) > 256 { // a supernode that never answers: keep the newest
+		s.preheatReports = s.preheatReports[len(s.preheatReports)-256:]
+	}
+}
+
+// preheatOrders converts the wire form.
+func preheatOrders(in []*api.PreheatOrder) []PreheatOrder {
+	out := make([]PreheatOrder, 0, len(in))
+	for _, o := range in {
+		po := PreheatOrder{JobID: o.GetJobId(), TaskID: o.GetTaskId(), URL: o.GetUrl(), Digest: o.GetDigest(), Tag: o.GetTag()}
+		for _, h := range o.GetHeaders() {
+			if po.Header == nil {
+				po.Header = http.Header{}
+			}
+			po.Header.Add(h.GetName(), h.GetValue())
+		}
+		out = append(out, po)
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -51,7 +52,17 @@ func newAccusations(sn *Supernode) *accusations {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &accusations{sn: sn, sem: make(chan struct{}, accuseWorkers), ctx: ctx, cancel: cancel,
 		inflight: map[accusation]bool{}, falsely: map[string]int{},
-		http: &http.Client{Timeout: accuseTimeout}}
+		http: &http.Client{Timeout: accuseTimeout, Transport: accuseTransport(sn)}}
+}
+
+// accuseTransport is the checks' HTTP transport: HTTPS with the swarm's
+// certificate when the swarm uses TLS (Config.TLS).
+func accuseTransport(sn *Supernode) http.RoundTripper {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if sn.cfg.TLS != nil {
+		tr.DialTLSContext = sn.cfg.TLS.DialTLS(&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second})
+	}
+	return tr
 }
 
 // report starts checking reporter's claim that parent served a bad block.
@@ -114,7 +125,7 @@ func (a *accusations) fetchIsBad(k accusation) (bool, error) {
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, accuseTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/blocks/%s/%d", h.UploadAddr, k.task, k.block), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s://%s/blocks/%s/%d", a.sn.cfg.TLS.Scheme(), h.UploadAddr, k.task, k.block), nil)
 	if err != nil {
 		return false, err
 	}

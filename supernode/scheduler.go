@@ -269,6 +269,36 @@ func (s *Scheduler) Host(hostID string) (HostInfo, bool) {
 	return h.HostInfo, true
 }
 
+// Hosts lists the known hosts (live: silent ones expire), seeds excluded,
+// sorted by id.
+func (s *Scheduler) Hosts() []HostInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]HostInfo, 0, len(s.hosts))
+	for _, h := range s.hosts {
+		if !h.IsSeed {
+			out = append(out, h.HostInfo)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Held reports how many blocks of a task a host holds and the task's block
+// count (0, 0 for an unknown task).
+func (s *Scheduler) Held(taskID, hostID string) (held, total int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tasks[taskID]
+	if !ok {
+		return 0, 0
+	}
+	if hd := t.holdings[hostID]; hd != nil && !hd.gone {
+		held = hd.count
+	}
+	return held, t.n
+}
+
 // HasHost reports whether the host is known.
 func (s *Scheduler) HasHost(hostID string) bool {
 	s.mu.Lock()
@@ -281,7 +311,7 @@ func (s *Scheduler) HasHost(hostID string) bool {
 // task whose length or block size changed is reset: every holding is dropped.
 func (s *Scheduler) EnsureTask(t TaskInfo) error {
 	n := t.NumBlocks()
-	if t.ID == "" || t.Length < 0 || t.BlockSize <= 0 {
+	if t.ID == "" || t.Length < 0 || t.BlockSize <= 0 || n > blockstore.MaxBlocks {
 		return fmt.Errorf("task %q: length %d, block size %d: %w", t.ID, t.Length, t.BlockSize, blockstore.ErrInvalid)
 	}
 	s.mu.Lock()

@@ -172,6 +172,11 @@ func (s *Seed) start(req SeedRequest, register bool) *seedTask {
 		return prev
 	}
 	st := &seedTask{req: req, state: SeedResolving, ready: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{})}
+	if known { // a new run of the task (revalidation, retry): its origin bytes add up
+		prev.mu.Lock()
+		st.fromOrig = prev.fromOrig
+		prev.mu.Unlock()
+	}
 	s.tasks[req.TaskID] = st
 	if s.ctx.Err() != nil {
 		st.fail(fmt.Errorf("seed task %s: supernode is shutting down: %w", req.TaskID, s.ctx.Err()))

@@ -184,6 +184,8 @@ func TestSeedResumesAfterRestart(t *testing.T) {
 			origin: func(*seedOrigin) {}, want: 3 << 20, wantHeads: 1},
 		{name: "no validators, no digest: fetched again", id: "u5",
 			origin: func(*seedOrigin) {}, want: size, wantHeads: 1},
+		{name: "ETag, 304, origin ignores Range: a whole re-sync", id: "u6", meta: blockstore.Task{ETag: `"e"`},
+			origin: func(o *seedOrigin) { o.etag, o.ignoreRange = `"e"`, true }, want: size, wantHeads: 1, rangeIgnored: true},
 		{name: "content-addressed, no validators", id: addressed, meta: blockstore.Task{Digest: digest},
 			origin: func(*seedOrigin) {}, want: 3 << 20},
 		{name: "content-addressed, ignores Range: the stream stops after the last missing block", id: addressed, meta: blockstore.Task{Digest: digest},

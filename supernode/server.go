@@ -41,10 +41,15 @@ func (v *service) Announce(_ context.Context, req *api.AnnounceRequest) (*api.An
 	for _, held := range req.GetHeld() {
 		v.applyHeld(h.GetId(), held)
 	}
-	return &api.AnnounceResponse{
+	resp := &api.AnnounceResponse{
 		HeartbeatIntervalMs: sched.Config().HeartbeatInterval.Milliseconds(),
 		TokenPublicKeys:     [][]byte{v.sn.TokenPublicKey()},
-	}, nil
+	}
+	if o := v.sn.orders; o != nil {
+		o.report(h.GetId(), req.GetPreheatReports())
+		resp.Preheat = o.pending(h.GetId())
+	}
+	return resp, nil
 }
 
 // consistentID reports whether id names the content of url + tag (or is

@@ -25,7 +25,9 @@ import (
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/tlsconf"
 	"github.com/dfly-p2p/dfly/supernode/api"
+	"github.com/dfly-p2p/dfly/supernode/preheat"
 )
 
 // Config configures a supernode.
@@ -38,6 +40,9 @@ type Config struct {
 	Quota int64
 	// DirectIO keeps block bytes out of the page cache (blockstore.Options.DirectIO).
 	DirectIO bool
+	// StoreKey encrypts the seed's store at rest (blockstore.Options.Key,
+	// blockstore.LoadKey); nil = plain.
+	StoreKey []byte
 	// GRPCListen and UploadListen are the listen addresses of the control
 	// plane and of the seed's upload server (defaults 0.0.0.0:8002, :8001).
 	GRPCListen   string
@@ -70,8 +75,16 @@ type Config struct {
 	SyncWait time.Duration
 	// Scheduler tunes parent selection.
 	Scheduler SchedulerConfig
+	// Preheat configures preheat jobs and registry notifications.
+	Preheat PreheatConfig
 	// Source overrides the origin client.
 	Source *source.Client
+	// TLS secures the swarm's links (nil = plain TCP): the gRPC control
+	// plane and the seed's upload server serve TLS with its certificate
+	// (requiring client certificates with ClientAuth), and the supernode's
+	// checks of accused peers fetch over HTTPS. The whole swarm uses TLS
+	// or none. It needs a certificate.
+	TLS    *tlsconf.Reloader
 	Logger *slog.Logger
 }
 
@@ -87,6 +100,9 @@ type Supernode struct {
 	sched  *Scheduler
 	seed   *Seed
 	upload *UploadServer
+	// preheat runs preheat jobs (StoreDir/preheat; API under /api/v1/).
+	preheat *preheat.Manager
+	orders  *hostOrders // preheat orders for hosts, sent with heartbeats
 
 	grpcLn, upLn net.Listener
 	grpcSrv      *grpc.Server
@@ -138,7 +154,7 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
-	if s.store, err = blockstore.Open(filepath.Join(cfg.StoreDir, "blocks"), blockstore.Options{Quota: cfg.Quota, DirectIO: cfg.DirectIO, Logger: cfg.Logger}); err != nil {
+	if s.store, err = blockstore.Open(filepath.Join(cfg.StoreDir, "blocks"), blockstore.Options{Quota: cfg.Quota, DirectIO: cfg.DirectIO, Key: cfg.StoreKey, Logger: cfg.Logger}); err != nil {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
 	if s.upLn, err = net.Listen("tcp", cfg.UploadListen); err != nil {
@@ -146,6 +162,14 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	}
 	if s.grpcLn, err = net.Listen("tcp", cfg.GRPCListen); err != nil {
 		return nil, fmt.Errorf("supernode: listen for gRPC on %s (--listen): %w", cfg.GRPCListen, err)
+	}
+	var grpcOpts []grpc.ServerOption
+	if cfg.TLS != nil {
+		if !cfg.TLS.HasCertificate() {
+			return nil, fmt.Errorf("supernode: TLS without a certificate: pass --tls-cert and --tls-key: %w", tlsconf.ErrNoCertificate)
+		}
+		s.upLn = cfg.TLS.NewListener(s.upLn)
+		grpcOpts = append(grpcOpts, grpc.Creds(cfg.TLS.ServerCredentials()))
 	}
 	if s.cfg.Advertise == "" {
 		s.cfg.Advertise = advertiseAddr(s.upLn.Addr().(*net.TCPAddr))
@@ -170,9 +194,12 @@ func Start(cfg Config) (_ *Supernode, err error) {
 			s.seed.Resume(id, "")
 		}})
 	s.upload.Handle("GET /debug/state", adminGuard(adminToken, http.HandlerFunc(s.serveState)))
+	if err := s.startPreheat(adminToken); err != nil {
+		return nil, fmt.Errorf("supernode: %w", err)
+	}
 	s.httpSrv = &http.Server{Handler: s.upload, ReadHeaderTimeout: 10 * time.Second}
 	s.checks = newAccusations(s)
-	s.grpcSrv = grpc.NewServer(grpc.UnaryInterceptor(s.auth.interceptor))
+	s.grpcSrv = grpc.NewServer(append(grpcOpts, grpc.UnaryInterceptor(s.auth.interceptor))...)
 	api.RegisterSchedulerServer(s.grpcSrv, &service{sn: s})
 
 	s.wg.Add(3)
@@ -324,6 +351,9 @@ func (s *Supernode) Close() error {
 }
 
 func (s *Supernode) closeResources() error {
+	if s.preheat != nil {
+		s.preheat.Close() // before the seed: its jobs wait on the seed
+	}
 	if s.seed != nil {
 		s.seed.Close()
 	}

@@ -26,6 +26,15 @@ const usage = `usage:
                                         writes CERTS_DIR/REGISTRY/hosts.toml for every --registry and
                                         adds config_path and the snapshotter's proxy plugin to
                                         config.toml when missing (prints the diff, keeps a backup)
+  dfctl certs init --dir DIR --hosts H1,H2,... [flags]
+                                        make a development CA (DIR/ca.pem, ca-key.pem) and per-host
+                                        certificates (DIR/H.pem, H-key.pem) for dfly's TLS (--tls-*
+                                        flags of supernode, dfdaemon, dfget, dfmount, dfly-snapshotter);
+                                        an existing CA is reused, never overwritten without --force
+  dfctl preheat --url URL | --image REF [selector] [--wait]
+                                        preheat content into the supernode's seed (and onto hosts);
+                                        also: dfctl preheat list | status ID | cancel ID
+                                        (see "dfctl preheat --help")
 
 Exit codes: 0 ok, 1 failure, 2 bad flags or arguments.
 
@@ -40,6 +49,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "preheat" {
+		return runPreheat(ctx, args[1:], stdout, stderr)
+	}
 	fset := pflag.NewFlagSet("dfctl", pflag.ContinueOnError)
 	fset.SetOutput(stderr)
 	var (
@@ -51,6 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		mirrorURL, certsDir, ctrConfig, snapAddr               string
 		configVersion                                          int
 		dryRun                                                 bool
+		certs                                                  certsOptions
 	)
 	fset.StringSliceVar(&prioritized, "prioritize", nil, "convert: absolute path of a file to put before the prefetch landmark (repeatable)")
 	fset.IntVar(&chunkSize, "chunk-size", 0, "convert: eStargz chunk size in bytes (default 4 MiB)")
@@ -69,6 +82,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fset.StringVar(&snapAddr, "snapshotter-address", "/run/dfly/snapshotter.sock", "containerd configure: dfly-snapshotter's socket for the proxy plugin (\"\" for none)")
 	fset.IntVar(&configVersion, "config-version", 0, "containerd configure: config.toml version for a new file, 2 (containerd 1.6/1.7) or 3 (2.x); default: detected")
 	fset.BoolVar(&dryRun, "dry-run", false, "containerd configure: print the diff, change nothing")
+	fset.StringVar(&certs.Dir, "dir", "", "certs init: directory of the CA and host certificates")
+	fset.StringSliceVar(&certs.Hosts, "hosts", nil, "certs init: host names or IP addresses, one certificate each (its SAN; e.g. the address peers dial)")
+	fset.StringSliceVar(&certs.IPs, "ip", nil, "certs init: IP address added as a SAN to every certificate made (repeatable)")
+	fset.BoolVar(&certs.Localhost, "localhost", false, "certs init: add localhost, 127.0.0.1 and ::1 to every certificate")
+	fset.IntVar(&certs.Days, "days", 365, "certs init: validity of host certificates in days")
+	fset.BoolVar(&certs.Renew, "renew", false, "certs init: issue new host certificates (same CA) even where valid ones exist")
+	fset.BoolVar(&certs.Force, "force", false, "certs init: make a new CA, overwriting the old one, and new host certificates")
 	fset.Usage = func() { _, _ = fmt.Fprint(stderr, usage+fset.FlagUsages()) }
 	if err := fset.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -82,6 +102,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			Config: ctrConfig, Snapshotter: snapAddr, ConfigFormat: configVersion}
 		if err := runContainerdConfigure(o, dryRun, stdout); err != nil {
 			_, _ = fmt.Fprintln(stderr, "dfctl containerd configure:", err)
+			return 1
+		}
+		return 0
+	}
+	if len(a) == 2 && a[0] == "certs" && a[1] == "init" {
+		if err := certs.validate(); err != nil {
+			_, _ = fmt.Fprintln(stderr, "dfctl certs init:", err)
+			return 2
+		}
+		if err := runCertsInit(certs, stdout); err != nil {
+			_, _ = fmt.Fprintln(stderr, "dfctl certs init:", err)
 			return 1
 		}
 		return 0

@@ -41,7 +41,10 @@ type options struct {
 	mirrorInsecure                  []string
 	caFiles                         []string
 	quota, uploadRate, downloadRate string
+	preheatRate                     string
 	logLevel                        string
+	tls                             *cli.TLSFlags
+	storeKeyFile                    string
 }
 
 // usageError is a command-line mistake; run prints it with the usage text.
@@ -63,11 +66,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.cfg.StoreDir, "store", cli.DefaultStoreDir(), "block store directory")
 	fs.StringVar(&o.quota, "quota", "0", "block store quota (e.g. 20G; 0 = none)")
 	fs.BoolVar(&o.cfg.DirectIO, "direct-io", false, "move block bytes around the page cache (O_DIRECT) instead of caching them and uploading with sendfile")
+	cli.AddStoreKeyFlag(fs, &o.storeKeyFile)
 	fs.StringVar(&o.cfg.HostID, "host-id", "", "host ID used with the supernode (default: hostname/advertise address)")
 	fs.StringVar(&o.cfg.IDC, "idc", "", "locality label: data center")
 	fs.StringVar(&o.cfg.Rack, "rack", "", "locality label: rack")
 	fs.StringVar(&o.uploadRate, "upload-rate", "0", "upload rate limit for the host (e.g. 100M = 100 MiB/s; 0 = unlimited)")
 	fs.StringVar(&o.downloadRate, "download-rate", "0", "download rate limit for the host (0 = unlimited)")
+	fs.StringVar(&o.preheatRate, "preheat-rate", "50M", "rate limit of preheat jobs the supernode sends this host (they also wait while a foreground download runs; 0 = only --download-rate)")
 	fs.IntVar(&o.cfg.MaxUploads, "max-uploads", 16, "concurrent uploads; more get HTTP 429")
 	fs.IntVar(&o.cfg.Concurrency, "concurrency", 8, "parallel block fetches per download")
 	fs.DurationVar(&o.cfg.BlockTimeout, "block-timeout", 60*time.Second, "give a block up to the origin when the swarm has not delivered it within this time")
@@ -77,6 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.mirrorRegistry, "mirror-registry", "", "registry for mirror requests that name none (Docker's registry-mirrors), e.g. docker.io")
 	fs.StringSliceVar(&o.mirrorInsecure, "mirror-insecure", nil, "registry HOST:PORT the mirror reaches over plain HTTP (loopback always is); repeatable")
 	fs.StringSliceVar(&o.caFiles, "ca-file", nil, "PEM file of CA certificates trusted (besides the system's) for HTTPS origins and registries; repeatable")
+	o.tls = cli.AddTLSFlags(fs, true)
 	help := fs.BoolP("help", "h", false, "show this help")
 	usage := fmt.Sprintf(usageText, fs.FlagUsages())
 	if err := fs.Parse(args); err != nil {
@@ -91,6 +97,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, &usageError{fmt.Errorf("unexpected arguments %q", fs.Args()), usage}
 	}
 	var err error
+	if o.cfg.StoreKey, err = cli.LoadStoreKey(o.storeKeyFile); err != nil {
+		return o, &usageError{fmt.Errorf("--store-key-file: %w", err), usage}
+	}
 	if len(o.caFiles) > 0 {
 		if o.cfg.TLS, err = source.LoadCAs(o.caFiles...); err != nil {
 			return o, &usageError{fmt.Errorf("--ca-file: %w", err), usage}
@@ -100,7 +109,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		name string
 		s    string
 		dst  *int64
-	}{{"quota", o.quota, &o.cfg.Quota}, {"upload-rate", o.uploadRate, &o.cfg.UploadRate}, {"download-rate", o.downloadRate, &o.cfg.DownloadRate}} {
+	}{{"quota", o.quota, &o.cfg.Quota}, {"upload-rate", o.uploadRate, &o.cfg.UploadRate}, {"download-rate", o.downloadRate, &o.cfg.DownloadRate}, {"preheat-rate", o.preheatRate, &o.cfg.PreheatRate}} {
 		if *f.dst, err = cli.ParseSize(f.s); err != nil {
 			return o, &usageError{fmt.Errorf("--%s: %w", f.name, err), usage}
 		}
@@ -125,6 +134,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	o.cfg.Logger = log
+	if o.cfg.Supernode != "" || o.tls.Enabled() { // no swarm links in origin mode
+		if o.cfg.SwarmTLS, err = o.tls.Load(log); err != nil {
+			fmt.Fprintln(stderr, "dfdaemon:", err)
+			return 2
+		}
+	}
 	if o.cfg.CorruptUploads {
 		log.Warn("TEST HOOK --debug-corrupt-uploads is on: this host serves corrupt blocks")
 	}

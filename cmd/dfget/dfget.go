@@ -23,6 +23,7 @@ import (
 	"github.com/dfly-p2p/dfly/cmd/internal/cli"
 	"github.com/dfly-p2p/dfly/internal/directio"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/tlsconf"
 	"github.com/dfly-p2p/dfly/peer"
 )
 
@@ -93,6 +94,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	fs.StringVar(&o.supernode, "supernode", "", "join the swarm of the supernode at `HOST:PORT` with an embedded peer")
 	fs.StringVar(&o.daemonSock, "daemon-sock", "", "download through the dfdaemon listening on `PATH` (default: the local dfdaemon's socket when it answers and neither --store nor --supernode is given)")
+	tlsFlags := cli.AddTLSFlags(fs, false)
 	help := fs.BoolP("help", "h", false, "show this help")
 	usage := func() string { return fmt.Sprintf(usageText, fs.FlagUsages()) }
 
@@ -122,8 +124,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
+	var swarmTLS *tlsconf.Reloader
+	if tlsFlags.Enabled() {
+		if o.supernode == "" {
+			fmt.Fprintln(stderr, "dfget: the --tls-* flags secure the embedded peer's swarm links: they need --supernode")
+			return exitUsage
+		}
+		if swarmTLS, err = tlsFlags.Load(logger); err != nil {
+			fmt.Fprintf(stderr, "dfget: %v\n", err)
+			return exitUsage
+		}
+	}
+
 	req := peer.Request{URL: url, Header: hdr, Digest: o.digest}
-	d := downloader{o: o, req: req, stderr: stderr, log: logger, rate: rate, quota: quota}
+	d := downloader{o: o, req: req, stderr: stderr, log: logger, rate: rate, quota: quota, tls: swarmTLS}
 	var sum string
 	var res peer.Result
 	client, err := d.daemon(ctx, fs.Changed("store") || fs.Changed("supernode"))
@@ -261,12 +275,17 @@ type downloader struct {
 	log    *slog.Logger
 	rate   int64
 	quota  int64
+	tls    *tlsconf.Reloader // the embedded peer's swarm links; nil = plain
 }
 
 // run downloads into the store and writes the verified output file; it
 // returns the output's sha256.
 func (d *downloader) run(ctx context.Context) (string, peer.Result, error) {
-	store, err := blockstore.Open(d.o.store, blockstore.Options{Quota: d.quota, Logger: d.log, GCInterval: -1})
+	key, err := cli.LoadStoreKey("") // a store encrypted at rest: its key in DFLY_STORE_KEY
+	if err != nil {
+		return "", peer.Result{}, err
+	}
+	store, err := blockstore.Open(d.o.store, blockstore.Options{Quota: d.quota, Key: key, Logger: d.log, GCInterval: -1})
 	if err != nil {
 		return "", peer.Result{}, err
 	}
@@ -279,7 +298,7 @@ func (d *downloader) run(ctx context.Context) (string, peer.Result, error) {
 	if d.o.supernode != "" {
 		// An embedded peer for the duration of the download: it fetches from
 		// the swarm (falling back to the origin) but serves nobody.
-		sw, err := peer.NewSwarm(ctx, peer.SwarmConfig{Supernode: d.o.supernode, Store: store, Logger: d.log})
+		sw, err := peer.NewSwarm(ctx, peer.SwarmConfig{Supernode: d.o.supernode, Store: store, TLS: d.tls, Logger: d.log})
 		if err != nil {
 			return "", peer.Result{}, err
 		}

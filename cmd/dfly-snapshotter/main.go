@@ -21,6 +21,7 @@ import (
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/cmd/internal/cli"
 	"github.com/dfly-p2p/dfly/fs/prefetch"
+	"github.com/dfly-p2p/dfly/internal/tlsconf"
 	"github.com/dfly-p2p/dfly/peer"
 	"github.com/dfly-p2p/dfly/snapshotter"
 )
@@ -51,6 +52,9 @@ type config struct {
 	insecure                                     []string
 	prefetchRate                                 string
 	noPrefetch, status, inProcess                bool
+	swarmTLS                                     *tlsconf.Reloader // with --supernode; nil = plain
+	storeKeyFile                                 string
+	storeKey                                     []byte // nil = store not encrypted at rest
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -74,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fset.StringVar(&c.advertise, "advertise", "", "with --supernode: host:port peers reach the upload server at (default: derived from --listen)")
 	fset.BoolVar(&c.inProcess, "in-process-layers", false, "serve remote layers' FUSE mounts inside this process (they then die with it: running containers lose them on a restart)")
 	fset.BoolVar(&c.status, "status", false, "print the status of the snapshotter running with --root and exit")
+	tlsFlags := cli.AddTLSFlags(fset, true)
+	cli.AddStoreKeyFlag(fset, &c.storeKeyFile)
 	fset.Usage = func() { _, _ = fmt.Fprint(stderr, usage+fset.FlagUsages()) }
 	if err := fset.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -94,6 +100,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	log, err := cli.NewLogger(c.logLevel)
 	if err != nil {
 		_, _ = fmt.Fprintln(stderr, err)
+		return 2
+	}
+	if c.supernode != "" || tlsFlags.Enabled() { // swarm links only with --supernode
+		if c.swarmTLS, err = tlsFlags.Load(log); err != nil {
+			_, _ = fmt.Fprintln(stderr, "dfly-snapshotter:", err)
+			return 2
+		}
+	}
+	if c.storeKey, err = cli.LoadStoreKey(c.storeKeyFile); err != nil {
+		_, _ = fmt.Fprintln(stderr, "dfly-snapshotter: --store-key-file:", err)
 		return 2
 	}
 	if err := serve(ctx, c, log); err != nil {
@@ -139,7 +155,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		// P2P: a full peer (block store, swarm, upload server) whose engine the
 		// snapshotter reads layers through.
 		d, err := peer.StartDaemon(ctx, peer.DaemonConfig{Supernode: c.supernode, Listen: c.listen, Advertise: c.advertise,
-			Sock: filepath.Join(c.root, "dfdaemon.sock"), StoreDir: c.store, Logger: log})
+			Sock: filepath.Join(c.root, "dfdaemon.sock"), StoreDir: c.store, StoreKey: c.storeKey, SwarmTLS: c.swarmTLS, Logger: log})
 		if err != nil {
 			return fmt.Errorf("start the P2P peer (supernode %s): %w", c.supernode, err)
 		}
@@ -147,7 +163,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		eng = d.Engine()
 		log.Info("P2P mode", "supernode", c.supernode, "upload", d.UploadAddr())
 	} else {
-		st, err := blockstore.Open(c.store, blockstore.Options{Logger: log})
+		st, err := blockstore.Open(c.store, blockstore.Options{Key: c.storeKey, Logger: log})
 		if err != nil {
 			return fmt.Errorf("open block store %s: %w", c.store, err)
 		}

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -35,9 +36,11 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/cmd/internal/cli"
 	dfs "github.com/dfly-p2p/dfly/fs"
 	"github.com/dfly-p2p/dfly/fs/prefetch"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/tlsconf"
 	"github.com/dfly-p2p/dfly/peer"
 )
 
@@ -97,6 +100,7 @@ type config struct {
 	store       string
 	quiet       bool
 	debug       bool
+	swarmTLS    *tlsconf.Reloader // the embedded peer's swarm links; nil = plain
 }
 
 type exitError struct {
@@ -145,6 +149,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fset.StringVar(&cfg.store, "store", defaultStore(), "block store directory (env DFLY_STORE)")
 	fset.BoolVarP(&cfg.quiet, "quiet", "q", false, "log only warnings and errors")
 	fset.BoolVar(&cfg.debug, "debug", false, "log every FUSE request")
+	tlsFlags := cli.AddTLSFlags(fset, false)
 	fset.BoolVarP(&help, "help", "h", false, "show this help")
 	fset.Usage = func() {
 		fmt.Fprint(stderr, usageHead)
@@ -180,6 +185,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	default:
 		err = parseConfig(&cfg, pos, headers, orderName, prefetchRate, diskRate)
+		if err == nil && tlsFlags.Enabled() {
+			if cfg.supernode == "" {
+				err = fail(exitUsage, "the --tls-* flags secure the swarm links of --supernode: they need it")
+			} else if cfg.swarmTLS, err = tlsFlags.Load(log); err != nil {
+				err = &exitError{code: exitUsage, err: err}
+			}
+		}
 		if err == nil {
 			err = mountAndServe(ctx, cfg, log)
 		}
@@ -289,7 +301,7 @@ func parseRate(s string) (int64, error) {
 		}
 	}
 	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v < 0 {
+	if err != nil || v < 0 || !(v*mult < math.MaxInt64) { // (NaN, Inf, past int64)
 		return 0, fmt.Errorf("%q: want a non-negative byte rate such as 0, 512K, 10M, 1.5G", s)
 	}
 	return int64(v * mult), nil
@@ -301,6 +313,7 @@ type engineConfig struct {
 	supernode   string
 	timeout     time.Duration
 	concurrency int
+	tls         *tlsconf.Reloader
 	log         *slog.Logger
 }
 
@@ -311,7 +324,11 @@ type engineConfig struct {
 // rarest-first order drives the prefetcher). The returned function closes
 // the swarm, the engine and the store.
 func newEngine(ctx context.Context, ec engineConfig) (*peer.Engine, *peer.SupernodeSwarm, func(), error) {
-	st, err := blockstore.Open(ec.storeDir, blockstore.Options{Logger: ec.log})
+	key, err := cli.LoadStoreKey("") // a store encrypted at rest: its key in DFLY_STORE_KEY
+	if err != nil {
+		return nil, nil, nil, &exitError{code: exitStore, err: err}
+	}
+	st, err := blockstore.Open(ec.storeDir, blockstore.Options{Key: key, Logger: ec.log})
 	if err != nil {
 		return nil, nil, nil, &exitError{code: exitStore, err: err}
 	}
@@ -324,7 +341,7 @@ func newEngine(ctx context.Context, ec engineConfig) (*peer.Engine, *peer.Supern
 	if ec.supernode != "" {
 		// Half the read timeout for the swarm, so that the origin fallback
 		// still fits in a read when nobody holds the block.
-		sw, err = peer.NewSwarm(ctx, peer.SwarmConfig{Supernode: ec.supernode, Store: st, BlockTimeout: ec.timeout / 2, Logger: ec.log})
+		sw, err = peer.NewSwarm(ctx, peer.SwarmConfig{Supernode: ec.supernode, Store: st, BlockTimeout: ec.timeout / 2, TLS: ec.tls, Logger: ec.log})
 		if err != nil {
 			st.Close()
 			return nil, nil, nil, fail(exitUsage, "--supernode %s: %w", ec.supernode, err)
@@ -377,7 +394,7 @@ func mountAndServe(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := dfs.CheckFUSE(); err != nil {
 		return &exitError{code: exitNoFUSE, err: err}
 	}
-	eng, sw, closeEngine, err := newEngine(ctx, engineConfig{storeDir: cfg.store, supernode: cfg.supernode, timeout: cfg.timeout, concurrency: cfg.concurrency, log: log})
+	eng, sw, closeEngine, err := newEngine(ctx, engineConfig{storeDir: cfg.store, supernode: cfg.supernode, timeout: cfg.timeout, concurrency: cfg.concurrency, tls: cfg.swarmTLS, log: log})
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"strconv"
@@ -23,6 +24,8 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/dfly-p2p/dfly/cmd/internal/cli"
+	"github.com/dfly-p2p/dfly/internal/oci"
 	"github.com/dfly-p2p/dfly/internal/source"
 	"github.com/dfly-p2p/dfly/supernode"
 )
@@ -67,6 +70,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Rack, "rack", "", "locality label of the seed: rack")
 	fs.Var(&quota, "quota", "cap on the seed's store, e.g. 50G (K, M, G, T are powers of 1024; 0 = none)")
 	fs.BoolVar(&cfg.DirectIO, "direct-io", false, "move block bytes around the page cache (O_DIRECT) instead of caching them and uploading with sendfile")
+	var storeKeyFile string
+	cli.AddStoreKeyFlag(fs, &storeKeyFile)
 	fs.Var(&rate, "upload-rate", "upload rate limit of the seed in bytes/s, e.g. 100M (0 = unlimited)")
 	fs.IntVar(&cfg.MaxUploads, "max-uploads", 64, "maximum concurrent uploads from the seed (more get HTTP 429)")
 	fs.IntVar(&cfg.SeedConcurrency, "seed-concurrency", 6, "parallel Range requests to the origin per task")
@@ -76,6 +81,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringSliceVar(&caFiles, "ca-file", nil, "PEM file of CA certificates trusted (besides the system's) for HTTPS origins and registries; repeatable")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", time.Hour, "lifetime of the task tokens the supernode signs (peers renew them past three quarters)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	var registryConfig, notifySecretFile string
+	var registryInsecure []string
+	fs.StringVar(&registryConfig, "registry-config", "", "docker config.json with registry credentials for image preheat (default: $DOCKER_CONFIG, ~/.docker)")
+	fs.StringSliceVar(&registryInsecure, "registry-insecure", nil, "registry HOST:PORT image preheat reaches over plain HTTP (loopback always is); repeatable")
+	fs.StringVar(&notifySecretFile, "notify-secret-file", "", "file holding the shared secret registry notifications and Harbor webhooks send as Authorization: Bearer SECRET (unset: those endpoints refuse all)")
+	tlsFlags := cli.AddTLSFlags(fs, true)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return err
@@ -102,6 +113,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return usageError{fmt.Errorf("--ca-file: %w", err)}
 		}
 		cfg.Source = source.New(source.Options{TLS: tc, Logger: log})
+	}
+	var err error
+	if cfg.StoreKey, err = cli.LoadStoreKey(storeKeyFile); err != nil {
+		return usageError{fmt.Errorf("--store-key-file: %w", err)}
+	}
+	if cfg.TLS, err = tlsFlags.Load(log); err != nil {
+		return usageError{err}
+	}
+
+	kc, err := oci.DockerConfigKeychain(registryConfig)
+	if err != nil {
+		return usageError{fmt.Errorf("--registry-config: %w", err)}
+	}
+	cfg.Preheat.Registry = &oci.Resolver{Keychain: kc, Insecure: registryInsecure}
+	if notifySecretFile != "" {
+		b, err := os.ReadFile(notifySecretFile)
+		if err != nil {
+			return usageError{fmt.Errorf("--notify-secret-file: %w", err)}
+		}
+		if cfg.Preheat.NotifySecret = strings.TrimSpace(string(b)); len(cfg.Preheat.NotifySecret) < 16 {
+			return usageError{fmt.Errorf("--notify-secret-file %s: the secret has %d characters, want at least 16", notifySecretFile, len(cfg.Preheat.NotifySecret))}
+		}
 	}
 
 	sn, err := supernode.Start(cfg)
@@ -145,7 +178,7 @@ func parseSize(s string) (int64, error) {
 		}
 	}
 	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f < 0 {
+	if v := f * float64(mult); err != nil || f < 0 || !(v < math.MaxInt64) { // (NaN, Inf, past int64)
 		return 0, fmt.Errorf("size %q: want a non-negative number with an optional K, M, G or T suffix, e.g. 100M", s)
 	}
 	return int64(f * float64(mult)), nil

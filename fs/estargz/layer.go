@@ -63,6 +63,9 @@ func Open(ctx context.Context, blob Blob, size int64, tocDigest digest.Digest, o
 		return nil, fmt.Errorf("open eStargz layer: bad TOC digest %q: %w", tocDigest, err)
 	}
 	sr := io.NewSectionReader(ctxReaderAt{ctx: ctx, blob: blob}, 0, size)
+	if err := checkFooter(sr); err != nil {
+		return nil, fmt.Errorf("open eStargz layer: read footer/TOC: %w", err)
+	}
 	r, err := estargz.Open(sr)
 	if err != nil {
 		return nil, fmt.Errorf("open eStargz layer: read footer/TOC: %w", err)
@@ -74,6 +77,26 @@ func Open(ctx context.Context, blob Blob, size int64, tocDigest digest.Digest, o
 		opt.CacheBytes = 64 << 20
 	}
 	return &Layer{blob: blob, size: size, r: r, cache: newChunkCache(opt.CacheBytes)}, nil
+}
+
+// checkFooter refuses a footer whose TOC offset is negative or past the
+// footer: estargz.Open (v0.19.1) panics on one (it slices the bytes it
+// read with a negative TOC size, or parses a TOC from a nil reader).
+func checkFooter(sr *io.SectionReader) error {
+	for _, d := range []estargz.Decompressor{new(estargz.GzipDecompressor), new(estargz.LegacyGzipDecompressor)} {
+		fsize := d.FooterSize()
+		if sr.Size() < fsize {
+			continue
+		}
+		footer := make([]byte, fsize)
+		if _, err := sr.ReadAt(footer, sr.Size()-fsize); err != nil {
+			return fmt.Errorf("read footer: %w", err)
+		}
+		if _, off, _, err := d.ParseFooter(footer); err == nil && (off < 0 || off > sr.Size()-fsize) {
+			return fmt.Errorf("footer puts the TOC at %d, outside the %d-byte blob", off, sr.Size())
+		}
+	}
+	return nil
 }
 
 // TOCDigestAnnotation is the layer annotation carrying the TOC digest.
@@ -117,6 +140,11 @@ func (l *Layer) ReadFile(ctx context.Context, name string, p []byte, off int64) 
 		data, err := l.chunk(ctx, ce)
 		if err != nil {
 			return n, err
+		}
+		if off < ce.ChunkOffset || off-ce.ChunkOffset >= int64(len(data)) {
+			// The TOC's chunks do not tile the file (a gap, or a chunk
+			// shorter than the file says).
+			return n, fmt.Errorf("read %q at %d: the TOC's chunk at %d (%d bytes) does not hold it: %w", name, off, ce.ChunkOffset, len(data), ErrChunkCorrupt)
 		}
 		c := copy(p[n:], data[off-ce.ChunkOffset:])
 		n += c
@@ -168,11 +196,19 @@ func decompressChunk(comp []byte, inner, size int64) ([]byte, error) {
 			return nil, fmt.Errorf("skip inner offset %d: %w", inner, err)
 		}
 	}
-	data := make([]byte, size)
-	if _, err := io.ReadFull(zr, data); err != nil {
+	if size < 0 {
+		return nil, fmt.Errorf("chunk size %d", size)
+	}
+	// Not make([]byte, size): the size is the TOC's word, the bytes are
+	// what the chunk really decompresses to.
+	buf := bytes.NewBuffer(make([]byte, 0, min(size, 16<<20)))
+	if _, err := io.Copy(buf, io.LimitReader(zr, size)); err != nil {
 		return nil, fmt.Errorf("read %d bytes: %w", size, err)
 	}
-	return data, nil
+	if int64(buf.Len()) != size {
+		return nil, fmt.Errorf("read %d bytes: %w", size, io.ErrUnexpectedEOF)
+	}
+	return buf.Bytes(), nil
 }
 
 type chunkKey struct{ off, inner int64 }

@@ -109,7 +109,7 @@ func (n *node) OnAdd(ctx context.Context) {
 }
 
 func (n *node) addChildren(ctx context.Context) {
-	if n.e.Type != "dir" {
+	if n.e.Type != "dir" || n.whiteout { // a whiteout (even of a directory) has no children
 		return
 	}
 	var names []string
@@ -145,6 +145,12 @@ func (n *node) addChildren(ctx context.Context) {
 		}
 		if !whiteout {
 			if in, ok := n.t.inodes[ent]; ok { // hardlink to an inode we made already
+				if ent.Type == "dir" && n.GetChild(name) != in {
+					// A second name for a directory (a TOC's hardlink to one)
+					// would make a loop of the tree: left out.
+					n.t.log.Warn("eStargz TOC links a second name to a directory; left out", "dir", n.e.Name, "name", name)
+					continue
+				}
 				n.AddChild(name, in, true)
 				continue
 			}

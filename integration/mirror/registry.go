@@ -44,6 +44,11 @@ type RegistryOptions struct {
 	// More namespaces: ServeIn. The registry process itself always listens on this
 	// namespace's loopback; only the proxy reaches it.
 	NetNS, NetNSAddr string
+	// Notify, when set, is a notification endpoint URL: the registry sends
+	// its events there (distribution's notifications.endpoints) with
+	// "Authorization: Bearer NotifySecret". Event URLs name Addr, so set
+	// Addr too (the proxy's address is fixed then).
+	Notify, NotifySecret string
 }
 
 // Registry is a docker-registry process (filesystem storage in a temporary directory)
@@ -209,6 +214,19 @@ health:
   storagedriver:
     enabled: false
 `, filepath.Join(r.dir, "storage"), r.backend, hex.EncodeToString(secret[:]))
+	if r.opts.Notify != "" {
+		cfg = strings.Replace(cfg, "http:\n", fmt.Sprintf("http:\n  host: http://%s\n", r.opts.Addr), 1)
+		cfg += fmt.Sprintf(`notifications:
+  endpoints:
+    - name: dfly
+      url: %s
+      headers:
+        Authorization: [Bearer %s]
+      timeout: 5s
+      threshold: 3
+      backoff: 500ms
+`, r.opts.Notify, r.opts.NotifySecret)
+	}
 	if r.opts.Auth {
 		htpasswd := filepath.Join(r.dir, "htpasswd")
 		if err := os.WriteFile(htpasswd, []byte(registryHtpasswd+"\n"), 0o600); err != nil {

@@ -2,7 +2,10 @@
 // net/http server (Range, If-Modified-Since, If-None-Match, HEAD) serving
 // generated deterministic content of any size without storing it, or files
 // from a directory. It counts the bytes it sends, and can be told to fail,
-// to ignore Range, or to serve corrupted bytes.
+// to ignore Range, or to serve corrupted bytes; for chaos tests it can also
+// pace its bodies (SetRate), start failing with a 5xx after a number of
+// bytes (FailAfter), and vanish mid-download and come back on the same
+// address (Vanish, Return).
 package origin
 
 import (
@@ -24,6 +27,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Content is deterministic pseudo-random data of a given size, addressable at
@@ -79,9 +84,14 @@ func (c Content) Digest(algo string) string {
 type Server struct {
 	URL string // base URL, e.g. http://127.0.0.1:34567
 
-	ln  net.Listener
-	srv *http.Server
-	dir string
+	dir  string
+	addr string // the listen address (kept for Return)
+
+	lnMu   sync.Mutex // guards ln and srv (Vanish, Return, Close)
+	ln     net.Listener
+	srv    *http.Server
+	gone   bool // vanished: Return listens again
+	closed bool // closed for good
 
 	mu      sync.Mutex
 	files   map[string]Content
@@ -94,6 +104,11 @@ type Server struct {
 	down         atomic.Bool // answer nothing useful: close connections
 	corruptAfter atomic.Int64
 	sendMD5      atomic.Bool
+
+	limiter    atomic.Pointer[rate.Limiter] // nil = unpaced
+	failAfter  atomic.Int64                 // fail once bytesSent reaches this; -1 = never
+	failStatus atomic.Int64                 // the status failures answer with
+	failed     atomic.Int64                 // requests answered with failStatus, bodies cut
 }
 
 // Options configure a Server.
@@ -113,16 +128,101 @@ func Start(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("origin listen on %s: %w", o.Addr, err)
 	}
-	s := &Server{ln: ln, dir: o.Dir, files: map[string]Content{}, modTime: time.Now().UTC().Truncate(time.Second)}
+	s := &Server{dir: o.Dir, files: map[string]Content{}, modTime: time.Now().UTC().Truncate(time.Second)}
 	s.corruptAfter.Store(-1)
-	s.URL = "http://" + ln.Addr().String()
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = s.srv.Serve(ln) }() // ends when Close is called
+	s.failAfter.Store(-1)
+	s.addr = ln.Addr().String()
+	s.URL = "http://" + s.addr
+	s.serve(ln)
 	return s, nil
 }
 
+// serve starts an http.Server on ln (it ends when Close or Vanish is called).
+func (s *Server) serve(ln net.Listener) {
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	s.ln, s.srv = ln, srv
+	go func() { _ = srv.Serve(ln) }()
+}
+
 // Close stops the server and drops its connections.
-func (s *Server) Close() error { return s.srv.Close() }
+func (s *Server) Close() error {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	s.gone, s.closed = true, true
+	return s.srv.Close()
+}
+
+// Vanish makes the origin disappear as a crashed process would: the
+// listener is closed (connections are refused) and every connection,
+// responses in mid-body included, is dropped. Return brings it back.
+func (s *Server) Vanish() error {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	if s.gone {
+		return nil
+	}
+	s.gone = true
+	return s.srv.Close()
+}
+
+// Return listens again on the address the origin had before Vanish, with
+// the same files and counters (as a restarted origin process would).
+func (s *Server) Return() error {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	if s.closed {
+		return errors.New("origin closed")
+	}
+	if !s.gone {
+		return nil
+	}
+	var ln net.Listener
+	var err error
+	for range 50 { // the old socket may linger a moment
+		if ln, err = net.Listen("tcp", s.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("origin listen again on %s: %w", s.addr, err)
+	}
+	s.gone = false
+	s.serve(ln)
+	return nil
+}
+
+// SetRate paces the body bytes of all responses together to bytesPerSec
+// (the origin's uplink); 0 removes the limit.
+func (s *Server) SetRate(bytesPerSec int64) {
+	if bytesPerSec <= 0 {
+		s.limiter.Store(nil)
+		return
+	}
+	s.limiter.Store(rate.NewLimiter(rate.Limit(bytesPerSec), paceChunk))
+}
+
+// paceChunk is the largest write paced at once.
+const paceChunk = 32 << 10
+
+// FailAfter makes the origin fail with status (e.g. 500) once it has sent n
+// body bytes in total (n = 0: at once): every later request is answered
+// with status, and a response in mid-body when the threshold is crossed is
+// cut there (its connection dropped). FailAfter(-1, 0) heals it.
+func (s *Server) FailAfter(n int64, status int) {
+	s.failStatus.Store(int64(status))
+	s.failAfter.Store(n)
+}
+
+// Failures is the number of requests the origin failed on purpose
+// (FailNext, FailAfter), cut responses included.
+func (s *Server) Failures() int64 { return s.failed.Load() }
+
+// failing reports whether FailAfter's threshold is reached.
+func (s *Server) failing() bool {
+	n := s.failAfter.Load()
+	return n >= 0 && s.bytesSent.Load() >= n
+}
 
 // Add serves generated content at /name and returns its URL.
 func (s *Server) Add(name string, c Content) string {
@@ -171,7 +271,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.failNext.Load() > 0 && s.failNext.Add(-1) >= 0 {
+		s.failed.Add(1)
 		http.Error(w, "injected failure", http.StatusServiceUnavailable)
+		return
+	}
+	if s.failing() {
+		s.failed.Add(1)
+		code := int(s.failStatus.Load())
+		http.Error(w, fmt.Sprintf("injected failure: HTTP %d", code), code)
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -201,7 +308,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-MD5", base64.StdEncoding.EncodeToString(h.Sum(nil)))
 		_, _ = rs.Seek(0, io.SeekStart)
 	}
-	cw := &countingWriter{ResponseWriter: w, s: s, pos: rangeStart(r.Header.Get("Range"))}
+	cw := &countingWriter{ResponseWriter: w, s: s, r: r, pos: rangeStart(r.Header.Get("Range"))}
 	http.ServeContent(cw, r, name, s.modTime, rs)
 }
 
@@ -245,10 +352,40 @@ func rangeStart(h string) int64 {
 type countingWriter struct {
 	http.ResponseWriter
 	s   *Server
+	r   *http.Request
 	pos int64
 }
 
+// Write paces (SetRate) and cuts (FailAfter) the body; see write.
 func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.s.limiter.Load() == nil && c.s.failAfter.Load() < 0 {
+		return c.write(p)
+	}
+	written := 0
+	for len(p) > 0 {
+		n := min(len(p), paceChunk)
+		if lim := c.s.limiter.Load(); lim != nil {
+			if err := lim.WaitN(c.r.Context(), n); err != nil {
+				return written, err
+			}
+		}
+		if c.s.failing() {
+			// The backend broke in mid-body: drop the connection so the
+			// client sees a short body, never a wrong one.
+			c.s.failed.Add(1)
+			panic(http.ErrAbortHandler)
+		}
+		m, err := c.write(p[:n])
+		written += m
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}
+
+func (c *countingWriter) write(p []byte) (int, error) {
 	if off := c.s.corruptAfter.Load(); off >= 0 {
 		q := append([]byte(nil), p...)
 		for i := range q {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"testing"
+	"time"
 )
 
 func TestContentDeterministicAndAddressable(t *testing.T) {
@@ -111,5 +112,105 @@ func TestDigest(t *testing.T) {
 	}
 	if d := c.Digest("sha256"); len(d) != 7+64 {
 		t.Fatal(d)
+	}
+}
+
+func get(t *testing.T, u, rng string) (int, []byte, error) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", u, nil)
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+func TestFailAfterCutsAndFails(t *testing.T) {
+	s, err := Start(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := Content{Size: 1 << 20, Seed: 2}
+	u := s.Add("f", c)
+	s.FailAfter(100<<10, http.StatusInternalServerError)
+	code, b, err := get(t, u, "")
+	if err == nil || code != 200 || int64(len(b)) >= c.Size {
+		t.Fatalf("a response crossing the threshold: status %d, %d bytes, err %v; want a cut 200", code, len(b), err)
+	}
+	want := make([]byte, len(b))
+	_, _ = c.ReadAt(want, 0)
+	if !bytes.Equal(b, want) {
+		t.Fatal("the cut body is not a prefix of the content")
+	}
+	if code, _, _ := get(t, u, "bytes=0-9"); code != 500 {
+		t.Fatalf("after the threshold: status %d, want 500", code)
+	}
+	if s.Failures() < 2 {
+		t.Fatalf("Failures = %d, want ≥ 2", s.Failures())
+	}
+	s.FailAfter(-1, 0)
+	if code, b, err := get(t, u, "bytes=0-9"); err != nil || code != 206 || len(b) != 10 {
+		t.Fatalf("healed: status %d, %d bytes, %v", code, len(b), err)
+	}
+}
+
+func TestVanishAndReturn(t *testing.T) {
+	s, err := Start(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := Content{Size: 4 << 20, Seed: 3}
+	u := s.Add("f", c)
+	s.SetRate(1 << 20) // 4 s for the whole body
+	errc := make(chan error, 1)
+	got := make(chan int, 1)
+	go func() {
+		_, b, err := get(t, u, "")
+		got <- len(b)
+		errc <- err
+	}()
+	for s.BytesSent() < 256<<10 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := s.Vanish(); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-got; <-errc == nil || int64(n) >= c.Size {
+		t.Fatalf("a body in flight when the origin vanished: %d bytes without error", n)
+	}
+	if _, _, err := get(t, u, ""); err == nil {
+		t.Fatal("a vanished origin answered")
+	}
+	if err := s.Return(); err != nil {
+		t.Fatal(err)
+	}
+	s.SetRate(0)
+	if code, b, err := get(t, u, ""); err != nil || code != 200 || int64(len(b)) != c.Size {
+		t.Fatalf("after Return: status %d, %d bytes, %v", code, len(b), err)
+	}
+}
+
+func TestSetRatePaces(t *testing.T) {
+	s, err := Start(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	u := s.Add("f", Content{Size: 512 << 10, Seed: 4})
+	s.SetRate(1 << 20)
+	began := time.Now()
+	if _, b, err := get(t, u, ""); err != nil || len(b) != 512<<10 {
+		t.Fatalf("%d bytes, %v", len(b), err)
+	}
+	// 512 KiB at 1 MiB/s with a 32 KiB burst: about half a second.
+	if d := time.Since(began); d < 300*time.Millisecond {
+		t.Fatalf("512 KiB at 1 MiB/s took %v", d)
 	}
 }

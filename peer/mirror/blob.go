@@ -215,7 +215,7 @@ func parseRange(h string, n int64) (start, end int64, partial bool, err error) {
 		if perr != nil || last < start {
 			return 0, 0, false, fmt.Errorf("range %q: bad end", h)
 		}
-		end = min(last+1, n)
+		end = min(last, n-1) + 1 // (last+1 overflows for last = MaxInt64)
 	}
 	return start, end, true, nil
 }

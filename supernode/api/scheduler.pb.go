@@ -203,8 +203,10 @@ type AnnounceRequest struct {
 	Held              []*HeldTask            `protobuf:"bytes,2,rep,name=held,proto3" json:"held,omitempty"` // full list on first announce: restart tolerance
 	UploadsInFlight   int32                  `protobuf:"varint,3,opt,name=uploads_in_flight,json=uploadsInFlight,proto3" json:"uploads_in_flight,omitempty"`
 	UploadBytesPerSec int64                  `protobuf:"varint,4,opt,name=upload_bytes_per_sec,json=uploadBytesPerSec,proto3" json:"upload_bytes_per_sec,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Preheat orders this host could not carry out (each once).
+	PreheatReports []*PreheatReport `protobuf:"bytes,5,rep,name=preheat_reports,json=preheatReports,proto3" json:"preheat_reports,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AnnounceRequest) Reset() {
@@ -265,6 +267,161 @@ func (x *AnnounceRequest) GetUploadBytesPerSec() int64 {
 	return 0
 }
 
+func (x *AnnounceRequest) GetPreheatReports() []*PreheatReport {
+	if x != nil {
+		return x.PreheatReports
+	}
+	return nil
+}
+
+// PreheatOrder asks a host to fetch a task into its store at background
+// priority (a preheat job with a host selector). Orders are repeated with
+// every heartbeat until the job ends; a host runs each once.
+type PreheatOrder struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	TaskId        string                 `protobuf:"bytes,2,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Url           string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	Headers       []*Header              `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty"` // for the origin; kept in memory only
+	Digest        string                 `protobuf:"bytes,5,opt,name=digest,proto3" json:"digest,omitempty"`
+	Tag           string                 `protobuf:"bytes,6,opt,name=tag,proto3" json:"tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreheatOrder) Reset() {
+	*x = PreheatOrder{}
+	mi := &file_scheduler_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreheatOrder) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreheatOrder) ProtoMessage() {}
+
+func (x *PreheatOrder) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreheatOrder.ProtoReflect.Descriptor instead.
+func (*PreheatOrder) Descriptor() ([]byte, []int) {
+	return file_scheduler_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PreheatOrder) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *PreheatOrder) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *PreheatOrder) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *PreheatOrder) GetHeaders() []*Header {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *PreheatOrder) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *PreheatOrder) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+// PreheatReport says why a host failed a preheat order.
+type PreheatReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	TaskId        string                 `protobuf:"bytes,2,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreheatReport) Reset() {
+	*x = PreheatReport{}
+	mi := &file_scheduler_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreheatReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreheatReport) ProtoMessage() {}
+
+func (x *PreheatReport) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreheatReport.ProtoReflect.Descriptor instead.
+func (*PreheatReport) Descriptor() ([]byte, []int) {
+	return file_scheduler_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PreheatReport) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *PreheatReport) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *PreheatReport) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type AnnounceResponse struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	HeartbeatIntervalMs int64                  `protobuf:"varint,1,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
@@ -274,13 +431,15 @@ type AnnounceResponse struct {
 	// Ed25519 public keys that sign task tokens, current first: upload
 	// servers verify tokens with them (api.VerifyToken) but cannot mint any.
 	TokenPublicKeys [][]byte `protobuf:"bytes,3,rep,name=token_public_keys,json=tokenPublicKeys,proto3" json:"token_public_keys,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Preheat orders for this host (see PreheatOrder).
+	Preheat       []*PreheatOrder `protobuf:"bytes,4,rep,name=preheat,proto3" json:"preheat,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AnnounceResponse) Reset() {
 	*x = AnnounceResponse{}
-	mi := &file_scheduler_proto_msgTypes[3]
+	mi := &file_scheduler_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -292,7 +451,7 @@ func (x *AnnounceResponse) String() string {
 func (*AnnounceResponse) ProtoMessage() {}
 
 func (x *AnnounceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[3]
+	mi := &file_scheduler_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -305,7 +464,7 @@ func (x *AnnounceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnounceResponse.ProtoReflect.Descriptor instead.
 func (*AnnounceResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{3}
+	return file_scheduler_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AnnounceResponse) GetHeartbeatIntervalMs() int64 {
@@ -329,6 +488,13 @@ func (x *AnnounceResponse) GetTokenPublicKeys() [][]byte {
 	return nil
 }
 
+func (x *AnnounceResponse) GetPreheat() []*PreheatOrder {
+	if x != nil {
+		return x.Preheat
+	}
+	return nil
+}
+
 type Header struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -339,7 +505,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -351,7 +517,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -364,7 +530,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{4}
+	return file_scheduler_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Header) GetName() string {
@@ -400,7 +566,7 @@ type RegisterTaskRequest struct {
 
 func (x *RegisterTaskRequest) Reset() {
 	*x = RegisterTaskRequest{}
-	mi := &file_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +578,7 @@ func (x *RegisterTaskRequest) String() string {
 func (*RegisterTaskRequest) ProtoMessage() {}
 
 func (x *RegisterTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +591,7 @@ func (x *RegisterTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTaskRequest.ProtoReflect.Descriptor instead.
 func (*RegisterTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{5}
+	return file_scheduler_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RegisterTaskRequest) GetHostId() string {
@@ -500,7 +666,7 @@ type TaskMeta struct {
 
 func (x *TaskMeta) Reset() {
 	*x = TaskMeta{}
-	mi := &file_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +678,7 @@ func (x *TaskMeta) String() string {
 func (*TaskMeta) ProtoMessage() {}
 
 func (x *TaskMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +691,7 @@ func (x *TaskMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskMeta.ProtoReflect.Descriptor instead.
 func (*TaskMeta) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{6}
+	return file_scheduler_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TaskMeta) GetTaskId() string {
@@ -597,7 +763,7 @@ type RegisterTaskResponse struct {
 
 func (x *RegisterTaskResponse) Reset() {
 	*x = RegisterTaskResponse{}
-	mi := &file_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +775,7 @@ func (x *RegisterTaskResponse) String() string {
 func (*RegisterTaskResponse) ProtoMessage() {}
 
 func (x *RegisterTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +788,7 @@ func (x *RegisterTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTaskResponse.ProtoReflect.Descriptor instead.
 func (*RegisterTaskResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{7}
+	return file_scheduler_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RegisterTaskResponse) GetMeta() *TaskMeta {
@@ -661,7 +827,7 @@ type BlockResult struct {
 
 func (x *BlockResult) Reset() {
 	*x = BlockResult{}
-	mi := &file_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +839,7 @@ func (x *BlockResult) String() string {
 func (*BlockResult) ProtoMessage() {}
 
 func (x *BlockResult) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +852,7 @@ func (x *BlockResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockResult.ProtoReflect.Descriptor instead.
 func (*BlockResult) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{8}
+	return file_scheduler_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BlockResult) GetBlock() int32 {
@@ -757,7 +923,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +935,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +948,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SyncRequest) GetHostId() string {
@@ -844,7 +1010,7 @@ type BlockDigest struct {
 
 func (x *BlockDigest) Reset() {
 	*x = BlockDigest{}
-	mi := &file_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -856,7 +1022,7 @@ func (x *BlockDigest) String() string {
 func (*BlockDigest) ProtoMessage() {}
 
 func (x *BlockDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -869,7 +1035,7 @@ func (x *BlockDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockDigest.ProtoReflect.Descriptor instead.
 func (*BlockDigest) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BlockDigest) GetBlock() int32 {
@@ -897,7 +1063,7 @@ type Parent struct {
 
 func (x *Parent) Reset() {
 	*x = Parent{}
-	mi := &file_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1075,7 @@ func (x *Parent) String() string {
 func (*Parent) ProtoMessage() {}
 
 func (x *Parent) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1088,7 @@ func (x *Parent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Parent.ProtoReflect.Descriptor instead.
 func (*Parent) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Parent) GetHostId() string {
@@ -957,7 +1123,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1135,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1148,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Assignment) GetBlock() int32 {
@@ -1022,7 +1188,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1034,7 +1200,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1047,7 +1213,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{13}
+	return file_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SyncResponse) GetDigests() []*BlockDigest {
@@ -1102,7 +1268,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1280,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1293,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LeaveRequest) GetHostId() string {
@@ -1152,7 +1318,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1164,7 +1330,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1177,7 +1343,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 var File_scheduler_proto protoreflect.FileDescriptor
@@ -1200,16 +1366,29 @@ const file_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"block_size\x18\x05 \x01(\x03R\tblockSize\x12\x10\n" +
 	"\x03tag\x18\x06 \x01(\tR\x03tag\x12\x12\n" +
-	"\x04etag\x18\a \x01(\tR\x04etag\"\xcc\x01\n" +
+	"\x04etag\x18\a \x01(\tR\x04etag\"\x97\x02\n" +
 	"\x0fAnnounceRequest\x12+\n" +
 	"\x04host\x18\x01 \x01(\v2\x17.dfly.scheduler.v1.HostR\x04host\x12/\n" +
 	"\x04held\x18\x02 \x03(\v2\x1b.dfly.scheduler.v1.HeldTaskR\x04held\x12*\n" +
 	"\x11uploads_in_flight\x18\x03 \x01(\x05R\x0fuploadsInFlight\x12/\n" +
-	"\x14upload_bytes_per_sec\x18\x04 \x01(\x03R\x11uploadBytesPerSec\"\x8f\x01\n" +
+	"\x14upload_bytes_per_sec\x18\x04 \x01(\x03R\x11uploadBytesPerSec\x12I\n" +
+	"\x0fpreheat_reports\x18\x05 \x03(\v2 .dfly.scheduler.v1.PreheatReportR\x0epreheatReports\"\xaf\x01\n" +
+	"\fPreheatOrder\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x17\n" +
+	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x123\n" +
+	"\aheaders\x18\x04 \x03(\v2\x19.dfly.scheduler.v1.HeaderR\aheaders\x12\x16\n" +
+	"\x06digest\x18\x05 \x01(\tR\x06digest\x12\x10\n" +
+	"\x03tag\x18\x06 \x01(\tR\x03tag\"U\n" +
+	"\rPreheatReport\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x17\n" +
+	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\xca\x01\n" +
 	"\x10AnnounceResponse\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x01 \x01(\x03R\x13heartbeatIntervalMs\x12\x1b\n" +
 	"\ttoken_key\x18\x02 \x01(\fR\btokenKey\x12*\n" +
-	"\x11token_public_keys\x18\x03 \x03(\fR\x0ftokenPublicKeys\"2\n" +
+	"\x11token_public_keys\x18\x03 \x03(\fR\x0ftokenPublicKeys\x129\n" +
+	"\apreheat\x18\x04 \x03(\v2\x1f.dfly.scheduler.v1.PreheatOrderR\apreheat\"2\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\xe4\x01\n" +
@@ -1299,47 +1478,52 @@ func file_scheduler_proto_rawDescGZIP() []byte {
 	return file_scheduler_proto_rawDescData
 }
 
-var file_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_scheduler_proto_goTypes = []any{
 	(*Host)(nil),                 // 0: dfly.scheduler.v1.Host
 	(*HeldTask)(nil),             // 1: dfly.scheduler.v1.HeldTask
 	(*AnnounceRequest)(nil),      // 2: dfly.scheduler.v1.AnnounceRequest
-	(*AnnounceResponse)(nil),     // 3: dfly.scheduler.v1.AnnounceResponse
-	(*Header)(nil),               // 4: dfly.scheduler.v1.Header
-	(*RegisterTaskRequest)(nil),  // 5: dfly.scheduler.v1.RegisterTaskRequest
-	(*TaskMeta)(nil),             // 6: dfly.scheduler.v1.TaskMeta
-	(*RegisterTaskResponse)(nil), // 7: dfly.scheduler.v1.RegisterTaskResponse
-	(*BlockResult)(nil),          // 8: dfly.scheduler.v1.BlockResult
-	(*SyncRequest)(nil),          // 9: dfly.scheduler.v1.SyncRequest
-	(*BlockDigest)(nil),          // 10: dfly.scheduler.v1.BlockDigest
-	(*Parent)(nil),               // 11: dfly.scheduler.v1.Parent
-	(*Assignment)(nil),           // 12: dfly.scheduler.v1.Assignment
-	(*SyncResponse)(nil),         // 13: dfly.scheduler.v1.SyncResponse
-	(*LeaveRequest)(nil),         // 14: dfly.scheduler.v1.LeaveRequest
-	(*LeaveResponse)(nil),        // 15: dfly.scheduler.v1.LeaveResponse
+	(*PreheatOrder)(nil),         // 3: dfly.scheduler.v1.PreheatOrder
+	(*PreheatReport)(nil),        // 4: dfly.scheduler.v1.PreheatReport
+	(*AnnounceResponse)(nil),     // 5: dfly.scheduler.v1.AnnounceResponse
+	(*Header)(nil),               // 6: dfly.scheduler.v1.Header
+	(*RegisterTaskRequest)(nil),  // 7: dfly.scheduler.v1.RegisterTaskRequest
+	(*TaskMeta)(nil),             // 8: dfly.scheduler.v1.TaskMeta
+	(*RegisterTaskResponse)(nil), // 9: dfly.scheduler.v1.RegisterTaskResponse
+	(*BlockResult)(nil),          // 10: dfly.scheduler.v1.BlockResult
+	(*SyncRequest)(nil),          // 11: dfly.scheduler.v1.SyncRequest
+	(*BlockDigest)(nil),          // 12: dfly.scheduler.v1.BlockDigest
+	(*Parent)(nil),               // 13: dfly.scheduler.v1.Parent
+	(*Assignment)(nil),           // 14: dfly.scheduler.v1.Assignment
+	(*SyncResponse)(nil),         // 15: dfly.scheduler.v1.SyncResponse
+	(*LeaveRequest)(nil),         // 16: dfly.scheduler.v1.LeaveRequest
+	(*LeaveResponse)(nil),        // 17: dfly.scheduler.v1.LeaveResponse
 }
 var file_scheduler_proto_depIdxs = []int32{
 	0,  // 0: dfly.scheduler.v1.AnnounceRequest.host:type_name -> dfly.scheduler.v1.Host
 	1,  // 1: dfly.scheduler.v1.AnnounceRequest.held:type_name -> dfly.scheduler.v1.HeldTask
-	4,  // 2: dfly.scheduler.v1.RegisterTaskRequest.headers:type_name -> dfly.scheduler.v1.Header
-	6,  // 3: dfly.scheduler.v1.RegisterTaskResponse.meta:type_name -> dfly.scheduler.v1.TaskMeta
-	8,  // 4: dfly.scheduler.v1.SyncRequest.results:type_name -> dfly.scheduler.v1.BlockResult
-	11, // 5: dfly.scheduler.v1.Assignment.parents:type_name -> dfly.scheduler.v1.Parent
-	10, // 6: dfly.scheduler.v1.SyncResponse.digests:type_name -> dfly.scheduler.v1.BlockDigest
-	12, // 7: dfly.scheduler.v1.SyncResponse.assignments:type_name -> dfly.scheduler.v1.Assignment
-	2,  // 8: dfly.scheduler.v1.Scheduler.Announce:input_type -> dfly.scheduler.v1.AnnounceRequest
-	5,  // 9: dfly.scheduler.v1.Scheduler.RegisterTask:input_type -> dfly.scheduler.v1.RegisterTaskRequest
-	9,  // 10: dfly.scheduler.v1.Scheduler.Sync:input_type -> dfly.scheduler.v1.SyncRequest
-	14, // 11: dfly.scheduler.v1.Scheduler.Leave:input_type -> dfly.scheduler.v1.LeaveRequest
-	3,  // 12: dfly.scheduler.v1.Scheduler.Announce:output_type -> dfly.scheduler.v1.AnnounceResponse
-	7,  // 13: dfly.scheduler.v1.Scheduler.RegisterTask:output_type -> dfly.scheduler.v1.RegisterTaskResponse
-	13, // 14: dfly.scheduler.v1.Scheduler.Sync:output_type -> dfly.scheduler.v1.SyncResponse
-	15, // 15: dfly.scheduler.v1.Scheduler.Leave:output_type -> dfly.scheduler.v1.LeaveResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	4,  // 2: dfly.scheduler.v1.AnnounceRequest.preheat_reports:type_name -> dfly.scheduler.v1.PreheatReport
+	6,  // 3: dfly.scheduler.v1.PreheatOrder.headers:type_name -> dfly.scheduler.v1.Header
+	3,  // 4: dfly.scheduler.v1.AnnounceResponse.preheat:type_name -> dfly.scheduler.v1.PreheatOrder
+	6,  // 5: dfly.scheduler.v1.RegisterTaskRequest.headers:type_name -> dfly.scheduler.v1.Header
+	8,  // 6: dfly.scheduler.v1.RegisterTaskResponse.meta:type_name -> dfly.scheduler.v1.TaskMeta
+	10, // 7: dfly.scheduler.v1.SyncRequest.results:type_name -> dfly.scheduler.v1.BlockResult
+	13, // 8: dfly.scheduler.v1.Assignment.parents:type_name -> dfly.scheduler.v1.Parent
+	12, // 9: dfly.scheduler.v1.SyncResponse.digests:type_name -> dfly.scheduler.v1.BlockDigest
+	14, // 10: dfly.scheduler.v1.SyncResponse.assignments:type_name -> dfly.scheduler.v1.Assignment
+	2,  // 11: dfly.scheduler.v1.Scheduler.Announce:input_type -> dfly.scheduler.v1.AnnounceRequest
+	7,  // 12: dfly.scheduler.v1.Scheduler.RegisterTask:input_type -> dfly.scheduler.v1.RegisterTaskRequest
+	11, // 13: dfly.scheduler.v1.Scheduler.Sync:input_type -> dfly.scheduler.v1.SyncRequest
+	16, // 14: dfly.scheduler.v1.Scheduler.Leave:input_type -> dfly.scheduler.v1.LeaveRequest
+	5,  // 15: dfly.scheduler.v1.Scheduler.Announce:output_type -> dfly.scheduler.v1.AnnounceResponse
+	9,  // 16: dfly.scheduler.v1.Scheduler.RegisterTask:output_type -> dfly.scheduler.v1.RegisterTaskResponse
+	15, // 17: dfly.scheduler.v1.Scheduler.Sync:output_type -> dfly.scheduler.v1.SyncResponse
+	17, // 18: dfly.scheduler.v1.Scheduler.Leave:output_type -> dfly.scheduler.v1.LeaveResponse
+	15, // [15:19] is the sub-list for method output_type
+	11, // [11:15] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_proto_init() }
@@ -1353,7 +1537,7 @@ func file_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_proto_rawDesc), len(file_scheduler_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -5,6 +5,7 @@ package cli
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -35,7 +36,9 @@ func ParseSize(s string) (int64, error) {
 		}
 	}
 	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-	if err != nil || f < 0 {
+	// !(v < 2^63) refuses NaN, Inf and sizes past int64 too: int64() of
+	// them is undefined (negative on amd64).
+	if v := f * float64(mult); err != nil || f < 0 || !(v < math.MaxInt64) {
 		return 0, fmt.Errorf("invalid size %q: want a number with an optional K, M, G or T suffix", orig)
 	}
 	return int64(f * float64(mult)), nil

@@ -1,0 +1,95 @@
+package supernode
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+
+	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/oci"
+	"github.com/dfly-p2p/dfly/supernode/preheat"
+)
+
+// PreheatConfig configures the supernode's preheat jobs (docs/preheat.md).
+type PreheatConfig struct {
+	// Registry resolves image references (credentials, plain-HTTP
+	// registries); nil: an anonymous resolver.
+	Registry *oci.Resolver
+	// NotifySecret authenticates registry notifications and Harbor
+	// webhooks; empty: those endpoints refuse every sender.
+	NotifySecret string
+}
+
+// seedAdapter is the seed as preheat sees it.
+type seedAdapter struct{ seed *Seed }
+
+func (a seedAdapter) Seed(ctx context.Context, t preheat.Target) (int64, error) {
+	meta, err := a.seed.Ensure(ctx, SeedRequest{TaskID: t.TaskID, URL: t.URL, Header: t.Header, Digest: t.Digest})
+	if err != nil {
+		return 0, err
+	}
+	return meta.Length, nil
+}
+
+func (a seedAdapter) Progress(taskID string) (stored, total int, failure string) {
+	state, stored, total := a.seed.TaskState(taskID)
+	if state == SeedFailed {
+		if err := a.seed.Err(taskID); err != nil {
+			failure = err.Error()
+		} else {
+			failure = "the seed failed the task"
+		}
+	}
+	return stored, total, failure
+}
+
+// imageAdapter resolves images with dfly's one OCI resolver: the blobs a
+// pull fetches, each with its blob URL and Authorization.
+type imageAdapter struct{ r *oci.Resolver }
+
+func (a imageAdapter) Resolve(ctx context.Context, ref, platform string) ([]preheat.Target, error) {
+	blobs, err := a.r.ImageBlobs(ctx, ref, platform)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]preheat.Target, 0, len(blobs))
+	for _, b := range blobs {
+		id, err := blockstore.TaskIDForDigest(b.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("image %s names blob %q: %w", ref, b.Digest, err)
+		}
+		loc, err := a.r.Blob(ctx, ref, b.Digest)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, preheat.Target{TaskID: id, URL: loc.URL, Digest: b.Digest, Size: b.Size, Header: loc.Header})
+	}
+	return out, nil
+}
+
+// startPreheat opens the job manager (StoreDir/preheat) and mounts its API
+// on the upload server's mux.
+func (s *Supernode) startPreheat(adminToken string) error {
+	r := s.cfg.Preheat.Registry
+	if r == nil {
+		r = &oci.Resolver{}
+	}
+	s.orders = newHostOrders(s.sched, s.cfg.SeedID)
+	m, err := preheat.Open(preheat.Config{
+		Dir: filepath.Join(s.cfg.StoreDir, "preheat"), Seeder: seedAdapter{s.seed}, Images: imageAdapter{r}, Hosts: s.orders, Logger: s.log,
+	})
+	if err != nil {
+		return fmt.Errorf("preheat jobs: %w", err)
+	}
+	s.preheat = m
+	api := m.Handler(preheat.APIConfig{
+		Auth:         func(h http.Handler) http.Handler { return adminGuard(adminToken, h) },
+		NotifySecret: s.cfg.Preheat.NotifySecret,
+	})
+	s.upload.Handle("/api/v1/", api)
+	return nil
+}
+
+// Preheat returns the job manager.
+func (s *Supernode) Preheat() *preheat.Manager { return s.preheat }
