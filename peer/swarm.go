@@ -1455,6 +1455,10 @@ func fromOf(p *api.Parent) From {
 	return FromPeer
 }
 
+// errNotHeld marks a parent that answered 404 for a block it was assigned
+// for: it does not hold it (evicted, found corrupt, or it lied).
+var errNotHeld = errors.New("the parent does not hold the block")
+
 // errBadDigest marks a block whose bytes did not match the seed's digest.
 var errBadDigest = errors.New("block failed its sha256 check")
 
@@ -1503,12 +1507,15 @@ func (st *swarmTask) getBlock(ctx context.Context, p *api.Parent, idx int, size 
 		st.excluded[p.GetHostId()] = true
 	case errors.Is(err, errBusy):
 		r.Error = err.Error()
+	case errors.Is(err, errNotHeld):
+		r.Missing, r.Error = true, err.Error()
+		st.fails[p.GetHostId()]++
 	default:
 		r.Error = err.Error()
 		st.fails[p.GetHostId()]++
 	}
 	st.mu.Unlock()
-	st.report(r, r.BadDigest)
+	st.report(r, r.BadDigest || r.Missing)
 	if storeErr != nil {
 		return nil, fmt.Errorf("block %d of task %s: %w: %w", idx, st.id, errLocalStore, storeErr)
 	}
@@ -1559,6 +1566,8 @@ func (st *swarmTask) download(ctx context.Context, p *api.Parent, idx int, size 
 	case http.StatusOK:
 	case http.StatusTooManyRequests:
 		return nil, fmt.Errorf("%w: HTTP 429", errBusy)
+	case http.StatusNotFound:
+		return nil, fmt.Errorf("%w: GET %s: HTTP 404", errNotHeld, url)
 	default:
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
 		return nil, fmt.Errorf("GET %s: HTTP %d: %s", url, resp.StatusCode, msg)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -35,7 +36,11 @@ type accusations struct {
 	mu       sync.Mutex
 	inflight map[accusation]bool
 	falsely  map[string]int // reporter → false accusations
+	claims   map[claim]int  // (task, parent) → blocks it claimed and did not hold
 }
+
+// claim is a parent's holding of a task, for counting false claims.
+type claim struct{ task, parent string }
 
 type accusation struct {
 	task, parent string
@@ -46,12 +51,19 @@ const (
 	accuseWorkers       = 4
 	accuseTimeout       = 30 * time.Second
 	maxFalseAccusations = 3
+	// maxFalseClaims confirmed missing blocks block a parent for a task:
+	// it announced blocks it does not hold (an honest host that lost a
+	// block says so with its next announce, and loses one or two claims).
+	maxFalseClaims = 3
 )
+
+// errNotHeld is a check that found the parent without the block.
+var errNotHeld = errors.New("the parent does not hold the block")
 
 func newAccusations(sn *Supernode) *accusations {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &accusations{sn: sn, sem: make(chan struct{}, accuseWorkers), ctx: ctx, cancel: cancel,
-		inflight: map[accusation]bool{}, falsely: map[string]int{},
+		inflight: map[accusation]bool{}, falsely: map[string]int{}, claims: map[claim]int{},
 		http: &http.Client{Timeout: accuseTimeout, Transport: accuseTransport(sn)}}
 }
 
@@ -98,6 +110,20 @@ func (a *accusations) check(k accusation, reporter string) {
 	log := a.sn.log.With("task", k.task, "parent", k.parent, "block", k.block, "reporter", reporter)
 	bad, err := a.fetchIsBad(k)
 	switch {
+	case errors.Is(err, errNotHeld):
+		a.mu.Lock()
+		if len(a.claims) > 1<<14 { // bound the memory liars can make us use
+			clear(a.claims)
+		}
+		a.claims[claim{k.task, k.parent}]++
+		n := a.claims[claim{k.task, k.parent}]
+		a.mu.Unlock()
+		if n >= maxFalseClaims {
+			log.Warn("the parent claims blocks it does not hold; blocked for the task", "false_claims", n)
+			a.sn.sched.Block(k.task, k.parent)
+		} else {
+			log.Info("the parent does not hold a block it claimed; claim dropped", "false_claims", n)
+		}
 	case err != nil:
 		log.Info("could not check a bad-block report; the reporter avoids the parent", "err", err)
 	case bad:
@@ -139,7 +165,7 @@ func (a *accusations) fetchIsBad(k accusation) (bool, error) {
 	if resp.StatusCode == http.StatusNotFound {
 		// It no longer claims the block (e.g. its store found it corrupt).
 		a.sn.sched.RemoveBlocks(k.task, k.parent, []int{k.block})
-		return false, fmt.Errorf("the parent no longer holds the block")
+		return false, errNotHeld
 	}
 	if resp.StatusCode != http.StatusOK {
 		return false, fmt.Errorf("the parent answered HTTP %d", resp.StatusCode)

@@ -256,8 +256,12 @@ func (v *service) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncResp
 		}
 		sched.Report(id, hostID, results)
 		for _, r := range req.GetResults() {
-			if r.GetBadDigest() && r.GetParentId() != v.sn.cfg.SeedID && r.GetParentId() != hostID {
-				v.sn.log.Warn("host reported a bad block; checking it", "task", id, "reporter", hostID, "parent", r.GetParentId(), "block", r.GetBlock())
+			if (r.GetBadDigest() || r.GetMissing()) && r.GetParentId() != v.sn.cfg.SeedID && r.GetParentId() != hostID {
+				what := "a bad block"
+				if !r.GetBadDigest() {
+					what = "a missing block"
+				}
+				v.sn.log.Warn("host reported "+what+"; checking it", "task", id, "reporter", hostID, "parent", r.GetParentId(), "block", r.GetBlock())
 				v.sn.checks.report(id, hostID, r.GetParentId(), int(r.GetBlock()))
 			}
 		}

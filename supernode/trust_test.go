@@ -249,3 +249,79 @@ func TestBadBlockReports(t *testing.T) {
 		t.Fatalf("a discredited reporter's report was acted on (%d checks started)", started)
 	}
 }
+
+// TestFalseClaims: a host that announced blocks it does not hold answers
+// 404; the requester reports the block missing, the supernode checks, drops
+// the claim, and after maxFalseClaims confirmed ones blocks the host for the
+// task. A missing-block report against a host that holds the block counts
+// as a false report against the reporter.
+func TestFalseClaims(t *testing.T) {
+	o := startOrigin(t)
+	content := origin.Content{Size: 4 << 20, Seed: 6}
+	url := o.Add("f.bin", content)
+	id, _ := blockstore.TaskIDForURL(url, "", "")
+	sn := startSupernode(t, t.TempDir(), SchedulerConfig{})
+	defer sn.Close()
+	c := dial(t, sn)
+	empty := httptest.NewServer(http.NotFoundHandler())
+	defer empty.Close()
+	holders := map[string]string{
+		"claimer": strings.TrimPrefix(empty.URL, "http://"),
+		"honest":  strings.TrimPrefix(blockServer(t, content, 1<<20, false).URL, "http://"),
+	}
+	for name, addr := range holders {
+		p := newPeer(t, c, name, "")
+		p.host.UploadAddr = addr
+		p.announce(false)
+		p.register(id, url)
+	}
+	waitSeedComplete(t, sn, id)
+	for name := range holders {
+		newPeer(t, c, name, "").sync(&api.SyncRequest{TaskId: id, Have: []int32{0, 1, 2, 3}})
+	}
+	reporter := newPeer(t, c, "reporter", "")
+	reporter.announce(false)
+	reporter.register(id, url)
+	s := sn.Scheduler()
+	wait := func() {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			sn.checks.mu.Lock()
+			n := len(sn.checks.inflight)
+			sn.checks.mu.Unlock()
+			if n == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("checks did not finish")
+			}
+		}
+	}
+	for b := range int32(maxFalseClaims) {
+		if s.Blocked(id, "claimer") {
+			t.Fatalf("blocked after %d false claims, want %d", b, maxFalseClaims)
+		}
+		reporter.sync(&api.SyncRequest{TaskId: id, Results: []*api.BlockResult{{Block: b, ParentId: "claimer", Missing: true}}})
+		wait()
+		if held, _ := s.Held(id, "claimer"); b < maxFalseClaims-1 && held != 3-int(b) {
+			t.Fatalf("after %d confirmed false claims the claimer still holds %d blocks, want %d", b+1, held, 3-int(b))
+		}
+	}
+	if !s.Blocked(id, "claimer") {
+		t.Fatal("a host caught claiming blocks it lacks is not blocked for the task")
+	}
+	reporter.sync(&api.SyncRequest{TaskId: id, Results: []*api.BlockResult{{Block: 1, ParentId: "honest", Missing: true}}})
+	wait()
+	if s.Blocked(id, "honest") {
+		t.Fatal("an honest holder was blocked on a false missing-block report")
+	}
+	if held, _ := s.Held(id, "honest"); held != 4 {
+		t.Fatalf("the honest holder lost claims: %d", held)
+	}
+	sn.checks.mu.Lock()
+	n := sn.checks.falsely["reporter"]
+	sn.checks.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("false reports of the reporter %d, want 1", n)
+	}
+}

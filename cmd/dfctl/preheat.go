@@ -293,10 +293,10 @@ func printJob(w io.Writer, j preheat.Job) {
 		_, _ = fmt.Fprintln(w, "  error:", j.Error)
 	}
 	for _, l := range j.Layers {
-		_, _ = fmt.Fprintf(w, "  layer %s  %-9s %d/%d blocks  %s\n", l.TaskID, l.State, l.Stored, l.Blocks, l.Error)
+		_, _ = fmt.Fprintf(w, "  layer %s  %-9s %d/%d blocks of %d bytes  %s\n", l.TaskID, l.State, l.Stored, l.Blocks, l.Bytes, l.Error)
 	}
 	for _, h := range j.Hosts {
-		_, _ = fmt.Fprintf(w, "  host %s  %-9s %d/%d layers  %s\n", h.Host, h.State, h.Done, h.Total, h.Error)
+		_, _ = fmt.Fprintf(w, "  host %s  %-9s %d/%d layers (%d bytes)  %s\n", h.Host, h.State, h.Done, h.Total, h.Bytes, h.Error)
 	}
 }
 

@@ -18,7 +18,8 @@ import (
 // round of bad blocks from the liar before it is excluded, and the supernode
 // — having checked a reported block itself — blocks the liar for the task
 // and drops its holdings; each peer asks the claimer at most a round of
-// requests before skipping it. Without per-block verification an output
+// requests before skipping it, and reports its 404s as missing blocks: the
+// supernode checks them and blocks the claimer for the task too. Without per-block verification an output
 // would be wrong; without exclusion and the supernode's block the liar would
 // be asked again and again (its bad blocks would grow with the file); without
 // skipping failing parents the claimer would be asked for most blocks.
@@ -70,6 +71,9 @@ func TestChaosLiars(t *testing.T) {
 		if task.Holders["liar"] != 0 {
 			t.Errorf("task %s: the supernode still lists the liar as holder of %d blocks", task.ID, task.Holders["liar"])
 		}
+		if !slices.Contains(task.Blocked, "claimer") {
+			t.Errorf("task %s: the supernode did not block the claimer, whose claims it found false (blocked: %v)", task.ID, task.Blocked)
+		}
 	}
 	// Per peer: three failures in a row, plus a round of parallel fetches
 	// already on their way to the claimer.
@@ -82,7 +86,7 @@ func TestChaosLiars(t *testing.T) {
 	}
 	t.Logf("%d bad blocks received from the liar and rejected; the claimer was asked %d times; 0 bytes accepted from either", bad, asked)
 	record(t, outcome{Size: size, Peers: n, Took: took, OriginCopies: float64(org.BytesSent()) / float64(size), Refetched: -1, Rejected: bad,
-		Note: fmt.Sprintf("corrupt liar blocked by the supernode; claimer asked %d times (%d peers)", asked, n)})
+		Note: fmt.Sprintf("corrupt liar and claimer blocked by the supernode; claimer asked %d times (%d peers)", asked, n)})
 }
 
 // TestChaosSlowPeer: one peer holds the whole file but its link delivers 1%

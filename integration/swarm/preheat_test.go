@@ -88,7 +88,7 @@ func TestPreheatToIDC(t *testing.T) {
 		t.Fatalf("job hosts %+v, want pa-1 and pa-2", j.Hosts)
 	}
 	for _, h := range j.Hosts {
-		if h.State != preheat.StateSucceeded || h.Done != 1 || h.Total != 1 {
+		if h.State != preheat.StateSucceeded || h.Done != 1 || h.Total != 1 || h.Bytes != c.Size {
 			t.Errorf("host %+v, want 1/1", h)
 		}
 	}

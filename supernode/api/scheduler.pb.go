@@ -813,14 +813,18 @@ func (x *RegisterTaskResponse) GetTokenExpiresUnix() int64 {
 }
 
 type BlockResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Block         int32                  `protobuf:"varint,1,opt,name=block,proto3" json:"block,omitempty"`
-	ParentId      string                 `protobuf:"bytes,2,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
-	Ok            bool                   `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
-	BadDigest     bool                   `protobuf:"varint,4,opt,name=bad_digest,json=badDigest,proto3" json:"bad_digest,omitempty"`
-	Bytes         int64                  `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
-	DurationUs    int64                  `protobuf:"varint,6,opt,name=duration_us,json=durationUs,proto3" json:"duration_us,omitempty"`
-	Error         string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Block      int32                  `protobuf:"varint,1,opt,name=block,proto3" json:"block,omitempty"`
+	ParentId   string                 `protobuf:"bytes,2,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	Ok         bool                   `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
+	BadDigest  bool                   `protobuf:"varint,4,opt,name=bad_digest,json=badDigest,proto3" json:"bad_digest,omitempty"`
+	Bytes      int64                  `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	DurationUs int64                  `protobuf:"varint,6,opt,name=duration_us,json=durationUs,proto3" json:"duration_us,omitempty"`
+	Error      string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// The parent answered 404: it does not hold the block it was assigned
+	// for. The supernode checks (as for bad_digest) and drops the claim; a
+	// host caught claiming blocks it lacks is blocked for the task.
+	Missing       bool `protobuf:"varint,8,opt,name=missing,proto3" json:"missing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -902,6 +906,13 @@ func (x *BlockResult) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *BlockResult) GetMissing() bool {
+	if x != nil {
+		return x.Missing
+	}
+	return false
 }
 
 type SyncRequest struct {
@@ -1415,7 +1426,7 @@ const file_scheduler_proto_rawDesc = "" +
 	"\x14RegisterTaskResponse\x12/\n" +
 	"\x04meta\x18\x01 \x01(\v2\x1b.dfly.scheduler.v1.TaskMetaR\x04meta\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12,\n" +
-	"\x12token_expires_unix\x18\x03 \x01(\x03R\x10tokenExpiresUnix\"\xbc\x01\n" +
+	"\x12token_expires_unix\x18\x03 \x01(\x03R\x10tokenExpiresUnix\"\xd6\x01\n" +
 	"\vBlockResult\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\x05R\x05block\x12\x1b\n" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x0e\n" +
@@ -1425,7 +1436,8 @@ const file_scheduler_proto_rawDesc = "" +
 	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\x12\x1f\n" +
 	"\vduration_us\x18\x06 \x01(\x03R\n" +
 	"durationUs\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\"\xde\x01\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12\x18\n" +
+	"\amissing\x18\b \x01(\bR\amissing\"\xde\x01\n" +
 	"\vSyncRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x12\n" +

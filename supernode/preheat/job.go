@@ -141,6 +141,7 @@ type HostProgress struct {
 	Done   int    `json:"layers_done"`
 	Total  int    `json:"layers_total"`
 	Blocks int    `json:"blocks_held"`
+	Bytes  int64  `json:"bytes_held"` // of the content's bytes (from blocks held)
 	Error  string `json:"error,omitempty"`
 }
 

@@ -143,7 +143,7 @@ func TestURLJobSucceedsAndKeepsNoCredential(t *testing.T) {
 		t.Fatal(err)
 	}
 	j = wait(t, m, j.ID)
-	if j.State != StateSucceeded || len(j.Layers) != 1 || j.Layers[0].Stored != 4 || j.Layers[0].State != StateSucceeded {
+	if j.State != StateSucceeded || len(j.Layers) != 1 || j.Layers[0].Stored != 4 || j.Layers[0].State != StateSucceeded || j.Layers[0].Bytes != 100 {
 		t.Fatalf("job %+v", j)
 	}
 	if got := s.headers[j.Layers[0].TaskID].Get("Authorization"); got != "Bearer MARKER-ph" {
@@ -234,7 +234,7 @@ func TestHostSelector(t *testing.T) {
 		t.Fatalf("job %+v", j)
 	}
 	for _, hp := range j.Hosts {
-		if hp.Done != 2 || hp.Total != 2 || hp.State != StateSucceeded {
+		if hp.Done != 2 || hp.Total != 2 || hp.State != StateSucceeded || hp.Bytes != 200 {
 			t.Errorf("host %+v, want 2/2", hp)
 		}
 	}

@@ -113,6 +113,7 @@ func (m *Manager) seed(ctx context.Context, e *entry, ts []Target) error {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, seedConcurrency)
 	errs := make([]error, len(ts))
+	lengths := make([]int64, len(ts))
 	for i, t := range ts {
 		wg.Add(1)
 		go func() {
@@ -123,7 +124,7 @@ func (m *Manager) seed(ctx context.Context, e *entry, ts []Target) error {
 			case <-ctx.Done():
 				return
 			}
-			_, errs[i] = m.cfg.Seeder.Seed(ctx, t)
+			lengths[i], errs[i] = m.cfg.Seeder.Seed(ctx, t)
 		}()
 	}
 	wg.Wait()
@@ -143,6 +144,9 @@ func (m *Manager) seed(ctx context.Context, e *entry, ts []Target) error {
 					failure = errs[i].Error()
 				}
 				l.Stored, l.Blocks, l.Error = stored, total, ""
+				if i < len(lengths) && lengths[i] > 0 {
+					l.Bytes = lengths[i]
+				}
 				switch {
 				case total > 0 && stored == total:
 					l.State = StateSucceeded
@@ -227,10 +231,14 @@ func (m *Manager) toHosts(ctx context.Context, e *entry, ts []Target) error {
 					continue
 				}
 				done, blocks := 0, 0
+				var bytes int64
 				var failure string
-				for _, t := range ts {
+				for k, t := range ts {
 					held, total, f := hs.Held(h.Host, j.ID, t.TaskID)
 					blocks += held
+					if total > 0 && k < len(j.Layers) {
+						bytes += j.Layers[k].Bytes * int64(held) / int64(total)
+					}
 					if total > 0 && held == total {
 						done++
 					} else if f != "" && failure == "" {
@@ -240,7 +248,7 @@ func (m *Manager) toHosts(ctx context.Context, e *entry, ts []Target) error {
 				if blocks != lastHeld[h.Host] {
 					lastHeld[h.Host], lastMove[h.Host] = blocks, time.Now()
 				}
-				h.Done, h.Blocks, h.Total = done, blocks, len(ts)
+				h.Done, h.Blocks, h.Total, h.Bytes = done, blocks, len(ts), bytes
 				switch {
 				case done == len(ts):
 					h.State, h.Error = StateSucceeded, ""
