@@ -21,6 +21,9 @@ type PreheatOrder struct {
 // heartbeat (the supernode repeats them until the job ends).
 const preheatQueue = 64
 
+// maxSeenOrders bounds the orders remembered as queued or done.
+const maxSeenOrders = 4096
+
 // preheater runs a host's preheat orders one at a time at background
 // priority: each block waits while a foreground download (dfget, the
 // mirror, a mount) is in flight on this host, and under its own rate
@@ -55,6 +58,11 @@ func (p *preheater) offer(orders []PreheatOrder) {
 		if p.seen[key] {
 			p.mu.Unlock()
 			continue
+		}
+		if len(p.seen) >= maxSeenOrders {
+			// Forget old orders (bounded memory over a long uptime): one the
+			// supernode still repeats runs again, and finds its task complete.
+			clear(p.seen)
 		}
 		select {
 		case p.queue <- o:

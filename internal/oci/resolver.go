@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
@@ -126,6 +127,10 @@ func (r *Resolver) ParseRef(ref string) (name.Reference, error) {
 // header valid for it (anonymous, basic or bearer token, as the registry demands), by
 // sending one authenticated HEAD through go-containerregistry's transport.
 func (r *Resolver) Blob(ctx context.Context, ref, dgst string) (BlobLocation, error) {
+	if _, err := v1.NewHash(dgst); err != nil {
+		// It becomes part of the blob URL: nothing but ALGO:HEX may.
+		return BlobLocation{}, fmt.Errorf("layer digest %q: %w", dgst, err)
+	}
 	parsed, err := r.ParseRef(ref)
 	if err != nil {
 		return BlobLocation{}, err
