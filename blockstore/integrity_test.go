@@ -486,6 +486,28 @@ func TestUpdateTaskCannotComplete(t *testing.T) {
 	}
 }
 
+// TestPrivateStaysPrivate: UpdateTask cannot make a private task public
+// (content fetched with credentials stays behind the origin's check).
+func TestPrivateStaysPrivate(t *testing.T) {
+	s := openT(t, t.TempDir(), Options{GCInterval: -1})
+	task, _ := content("pv", 4096)
+	if _, err := s.CreateTask(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateTask("pv", func(m *Task) error { m.Private = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateTask("pv", func(m *Task) error { m.Private = false; return nil }); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("UpdateTask making a private task public: %v, want ErrInvalid", err)
+	}
+	if _, err := s.UpdateTask("pv", func(m *Task) error { m.Pinned = true; return nil }); err != nil {
+		t.Fatalf("another update of a private task: %v", err)
+	}
+	if got, _ := s.Task("pv"); !got.Private || !got.Pinned {
+		t.Fatalf("task %+v, want private and pinned", got)
+	}
+}
+
 // TestOpenFilesBoundUnderLoad: with a tiny MaxOpenFiles, many goroutines
 // reading, uploading and writing different tasks at once get the right
 // bytes (a handle in use is never closed under them), the bound holds once

@@ -486,6 +486,11 @@ func (s *Store) UpdateTask(id string, fn func(*Task) error) (Task, error) {
 	if t.ID != st.task.ID || t.Length != st.task.Length || t.BlockSize != st.task.BlockSize || t.Sealed != st.task.Sealed {
 		return Task{}, fmt.Errorf("task %s: identity, length, block size and encryption cannot change: %w", id, ErrInvalid)
 	}
+	if st.task.Private && !t.Private {
+		// Content fetched with credentials stays behind the origin's check
+		// for as long as it is stored; only deleting the task ends that.
+		return Task{}, fmt.Errorf("task %s: a private task cannot become public; delete it instead: %w", id, ErrInvalid)
+	}
 	if t.State == StateComplete && st.task.State != StateComplete || t.Verified && t.State != StateComplete {
 		return Task{}, fmt.Errorf("task %s: UpdateTask cannot complete a task; VerifyAndComplete does, after checking its content: %w", id, ErrInvalid)
 	}
