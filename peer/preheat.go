@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
 // PreheatOrder is the supernode's request that this host fetch a task into
@@ -133,4 +135,31 @@ func (p *preheater) pace(ctx context.Context, n int64) error {
 		n -= c
 	}
 	return nil
+}
+
+// ReportPreheat tells the supernode (with the next heartbeat) why this host
+// failed a preheat order.
+func (s *SupernodeSwarm) ReportPreheat(jobID, taskID string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.preheatReports = append(s.preheatReports, &api.PreheatReport{JobId: jobID, TaskId: taskID, Error: err.Error()})
+	if len(s.preheatReports) > 256 { // a supernode that never answers: keep the newest
+		s.preheatReports = s.preheatReports[len(s.preheatReports)-256:]
+	}
+}
+
+// preheatOrders converts the wire form.
+func preheatOrders(in []*api.PreheatOrder) []PreheatOrder {
+	out := make([]PreheatOrder, 0, len(in))
+	for _, o := range in {
+		po := PreheatOrder{JobID: o.GetJobId(), TaskID: o.GetTaskId(), URL: o.GetUrl(), Digest: o.GetDigest(), Tag: o.GetTag()}
+		for _, h := range o.GetHeaders() {
+			if po.Header == nil {
+				po.Header = http.Header{}
+			}
+			po.Header.Add(h.GetName(), h.GetValue())
+		}
+		out = append(out, po)
+	}
+	return out
 }
