@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/dfly-p2p/dfly/cmd/internal/cli"
 	"github.com/dfly-p2p/dfly/supernode/preheat"
 )
 
@@ -29,7 +32,8 @@ const preheatUsage = `usage:
 A selector is any of --idc, --rack, --host (repeatable) or --all-hosts.
 The supernode API answers its own host (loopback) and callers with its
 admin token (--token-file, default $DFLY_ADMIN_TOKEN; the supernode keeps
-it in STORE/admin.token). See docs/preheat.md.
+it in STORE/admin.token). A swarm with TLS: give the same --tls-ca (and,
+with mutual TLS, --tls-cert/--tls-key) as the hosts. See docs/preheat.md.
 
 Exit codes: 0 ok (with --wait: the job succeeded), 1 failure, 2 bad flags or arguments.
 
@@ -43,6 +47,7 @@ type preheatOptions struct {
 	headers, hosts       []string
 	allHosts, wait, json bool
 	timeout              time.Duration
+	tls                  *cli.TLSFlags // the swarm's TLS, when the supernode's upload server uses it
 }
 
 func runPreheat(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -63,6 +68,7 @@ func runPreheat(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.BoolVar(&o.wait, "wait", false, "wait for the job to end, printing progress; exit 1 unless it succeeded")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "with --wait: give up after this long")
 	fs.BoolVar(&o.json, "json", false, "print jobs as JSON")
+	o.tls = cli.AddTLSFlags(fs, false)
 	fs.Usage = func() { _, _ = fmt.Fprint(stderr, preheatUsage+fs.FlagUsages()) }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -189,7 +195,16 @@ func newPreheatClient(o preheatOptions) (*preheatClient, error) {
 		}
 		tok = string(b)
 	}
-	return &preheatClient{base: base, token: strings.TrimSpace(tok), hc: &http.Client{Timeout: time.Minute}}, nil
+	hc := &http.Client{Timeout: time.Minute}
+	if o.tls != nil && o.tls.Enabled() {
+		r, err := o.tls.Load(slog.New(slog.DiscardHandler))
+		if err != nil {
+			return nil, err
+		}
+		hc.Transport = &http.Transport{DialTLSContext: r.DialTLS(&net.Dialer{Timeout: 10 * time.Second})}
+		base = "https://" + strings.TrimPrefix(strings.TrimPrefix(base, "http://"), "https://")
+	}
+	return &preheatClient{base: base, token: strings.TrimSpace(tok), hc: hc}, nil
 }
 
 func (c *preheatClient) do(ctx context.Context, method, path string, body, out any) error {

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dfly-p2p/dfly/internal/tlsconf/tlstest"
 	"github.com/dfly-p2p/dfly/supernode/preheat"
 )
 
@@ -66,5 +69,35 @@ func TestPreheatCommand(t *testing.T) {
 	var help bytes.Buffer
 	if code := run(context.Background(), []string{"preheat", "--help"}, &bytes.Buffer{}, &help); code != 0 || !strings.Contains(help.String(), "dfctl preheat list") {
 		t.Fatalf("--help: %d %q", code, help.String())
+	}
+}
+
+// TestPreheatCommandTLS: against a supernode whose upload server uses
+// mutual TLS, dfctl preheat with the swarm's --tls-* flags works, and
+// without a client certificate it is refused.
+func TestPreheatCommandTLS(t *testing.T) {
+	m, err := preheat.Open(preheat.Config{Dir: t.TempDir(), Seeder: instantSeeder{}, Poll: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	pki := tlstest.New(t, t.TempDir())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: m.Handler(preheat.APIConfig{})}
+	go srv.Serve(pki.Reloader("supernode", true).NewListener(ln))
+	defer srv.Close()
+	cert, key := pki.Issue("ops", "127.0.0.1")
+	addr := ln.Addr().String()
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"preheat", "--supernode-api", addr, "--tls-ca", pki.CAFile, "--tls-cert", cert, "--tls-key", key,
+		"--url", "http://origin/x", "--wait"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "succeeded") {
+		t.Fatalf("preheat over mTLS: exit %d %q %q", code, out.String(), errb.String())
+	}
+	errb.Reset()
+	if code := run(context.Background(), []string{"preheat", "--supernode-api", addr, "--tls-ca", pki.CAFile, "list"}, &out, &errb); code != 1 {
+		t.Fatalf("preheat without a client certificate: exit %d %q, want 1", code, errb.String())
 	}
 }
