@@ -2,9 +2,12 @@ package supernode
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"path/filepath"
+	"time"
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/internal/oci"
@@ -88,7 +91,39 @@ func (s *Supernode) startPreheat(adminToken string) error {
 		NotifySecret: s.cfg.Preheat.NotifySecret,
 	})
 	s.upload.Handle("/api/v1/", api)
+	s.api = api
 	return nil
+}
+
+// listenAPI opens Config.APIListen: the preheat API and the notification
+// endpoints again, plain or, in a TLS swarm, TLS without client
+// certificates (registries' webhook senders cannot present the swarm's),
+// so a mutual-TLS upload server does not lock registries out. The admin
+// guard and the notification secret still apply.
+func (s *Supernode) listenAPI() error {
+	if s.cfg.APIListen == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.APIListen)
+	if err != nil {
+		return fmt.Errorf("listen for the API on %s (--api-listen): %w", s.cfg.APIListen, err)
+	}
+	if s.cfg.TLS != nil {
+		tc := s.cfg.TLS.ServerConfig()
+		tc.ClientAuth, tc.VerifyConnection = tls.NoClientCert, nil
+		ln = tls.NewListener(ln, tc)
+	}
+	s.apiLn = ln
+	s.apiSrv = &http.Server{Handler: s.api, ReadHeaderTimeout: 10 * time.Second}
+	return nil
+}
+
+// APIAddr is the address of the API listener ("" without one).
+func (s *Supernode) APIAddr() string {
+	if s.apiLn == nil {
+		return ""
+	}
+	return s.apiLn.Addr().String()
 }
 
 // Preheat returns the job manager.

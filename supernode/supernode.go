@@ -77,6 +77,10 @@ type Config struct {
 	Scheduler SchedulerConfig
 	// Preheat configures preheat jobs and registry notifications.
 	Preheat PreheatConfig
+	// APIListen, if set, also serves the preheat API and the notification
+	// endpoints there: plain, or in a TLS swarm TLS without client
+	// certificates (for registries, which cannot present the swarm's).
+	APIListen string
 	// Source overrides the origin client.
 	Source *source.Client
 	// TLS secures the swarm's links (nil = plain TCP): the gRPC control
@@ -102,7 +106,11 @@ type Supernode struct {
 	upload *UploadServer
 	// preheat runs preheat jobs (StoreDir/preheat; API under /api/v1/).
 	preheat *preheat.Manager
-	orders  *hostOrders // preheat orders for hosts, sent with heartbeats
+	orders  *hostOrders  // preheat orders for hosts, sent with heartbeats
+	api     http.Handler // the preheat API and notification endpoints
+	// apiLn and apiSrv serve api on Config.APIListen (nil without one).
+	apiLn  net.Listener
+	apiSrv *http.Server
 
 	grpcLn, upLn net.Listener
 	grpcSrv      *grpc.Server
@@ -197,6 +205,9 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	if err := s.startPreheat(adminToken); err != nil {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
+	if err := s.listenAPI(); err != nil {
+		return nil, fmt.Errorf("supernode: %w", err)
+	}
 	s.httpSrv = &http.Server{Handler: s.upload, ReadHeaderTimeout: 10 * time.Second}
 	s.checks = newAccusations(s)
 	s.grpcSrv = grpc.NewServer(append(grpcOpts, grpc.UnaryInterceptor(s.auth.interceptor))...)
@@ -209,6 +220,15 @@ func Start(cfg Config) (_ *Supernode, err error) {
 			s.log.Error("upload server stopped", "err", err)
 		}
 	}()
+	if s.apiSrv != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.apiSrv.Serve(s.apiLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("API server stopped", "err", err)
+			}
+		}()
+	}
 	go func() {
 		defer s.wg.Done()
 		if err := s.grpcSrv.Serve(s.grpcLn); err != nil {
@@ -334,10 +354,13 @@ func (s *Supernode) Close() error {
 				<-done
 			}
 		}
-		if s.httpSrv != nil {
+		for _, srv := range []*http.Server{s.httpSrv, s.apiSrv} {
+			if srv == nil {
+				continue
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			if s.httpSrv.Shutdown(ctx) != nil {
-				s.httpSrv.Close()
+			if srv.Shutdown(ctx) != nil {
+				srv.Close()
 			}
 			cancel()
 		}
@@ -357,7 +380,7 @@ func (s *Supernode) closeResources() error {
 	if s.seed != nil {
 		s.seed.Close()
 	}
-	for _, ln := range []net.Listener{s.grpcLn, s.upLn} {
+	for _, ln := range []net.Listener{s.grpcLn, s.upLn, s.apiLn} {
 		if ln != nil {
 			ln.Close()
 		}

@@ -147,3 +147,47 @@ func TestTLSAccusationCheck(t *testing.T) {
 		}
 	}
 }
+
+// TestAPIListenerForRegistries: in a mutual-TLS swarm, --api-listen serves
+// the notification endpoints over TLS without client certificates (a
+// registry has none of the swarm's), still behind the notification secret,
+// while the upload server keeps refusing such clients.
+func TestAPIListenerForRegistries(t *testing.T) {
+	pki := tlstest.New(t, t.TempDir())
+	sn, err := Start(Config{
+		StoreDir: t.TempDir(), GRPCListen: "127.0.0.1:0", UploadListen: "127.0.0.1:0", APIListen: "127.0.0.1:0",
+		Source: testSource(), Logger: testLogger(), TLS: pki.Reloader("supernode", true),
+		Preheat: PreheatConfig{NotifySecret: "notify-secret-0123456789"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	if sn.APIAddr() == "" {
+		t.Fatal("no API listener")
+	}
+	anon, err := tlsconf.Load(tlsconf.Options{CAFile: pki.CAFile}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialTLSContext: anon.DialTLS(&net.Dialer{})}}
+	post := func(addr, secret string) (int, error) {
+		req, _ := http.NewRequest(http.MethodPost, "https://"+addr+"/api/v1/notifications/registry", strings.NewReader(`{"events":[]}`))
+		req.Header.Set("Authorization", "Bearer "+secret)
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if code, err := post(sn.APIAddr(), "notify-secret-0123456789"); err != nil || code != http.StatusOK {
+		t.Fatalf("notification on the API listener without a client certificate: %d, %v; want 200", code, err)
+	}
+	if code, err := post(sn.APIAddr(), "wrong"); err != nil || code != http.StatusUnauthorized {
+		t.Fatalf("notification with a wrong secret: %d, %v; want 401", code, err)
+	}
+	if _, err := post(sn.UploadAddr(), "notify-secret-0123456789"); err == nil {
+		t.Fatal("the mutual-TLS upload server accepted a client without a certificate")
+	}
+}

@@ -3,7 +3,7 @@
 //
 // When ready it prints one line to stdout:
 //
-//	supernode listening grpc=ADDR upload=ADDR
+//	supernode listening grpc=ADDR upload=ADDR [api=ADDR]
 //
 // and it shuts down cleanly on SIGINT or SIGTERM.
 package main
@@ -85,6 +85,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var registryInsecure []string
 	fs.StringVar(&registryConfig, "registry-config", "", "docker config.json with registry credentials for image preheat (default: $DOCKER_CONFIG, ~/.docker)")
 	fs.StringSliceVar(&registryInsecure, "registry-insecure", nil, "registry HOST:PORT image preheat reaches over plain HTTP (loopback always is); repeatable")
+	fs.StringVar(&cfg.APIListen, "api-listen", "", "also serve the preheat API and the registry notification endpoints here (plain, or TLS without client certificates in a TLS swarm, so registries can notify); \"\" = only on the upload server")
 	fs.StringVar(&notifySecretFile, "notify-secret-file", "", "file holding the shared secret registry notifications and Harbor webhooks send as Authorization: Bearer SECRET (unset: those endpoints refuse all)")
 	tlsFlags := cli.AddTLSFlags(fs, true)
 	if err := fs.Parse(args); err != nil {
@@ -141,7 +142,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "supernode listening grpc=%s upload=%s\n", sn.GRPCAddr(), sn.UploadAddr())
+	if a := sn.APIAddr(); a != "" {
+		fmt.Fprintf(stdout, "supernode listening grpc=%s upload=%s api=%s\n", sn.GRPCAddr(), sn.UploadAddr(), a)
+	} else {
+		fmt.Fprintf(stdout, "supernode listening grpc=%s upload=%s\n", sn.GRPCAddr(), sn.UploadAddr())
+	}
 	log.Info("supernode ready", "grpc", sn.GRPCAddr(), "upload", sn.UploadAddr(), "advertise", sn.Advertise(), "store", cfg.StoreDir)
 	<-ctx.Done()
 	log.Info("shutting down")
