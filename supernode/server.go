@@ -344,6 +344,10 @@ func (v *service) Leave(_ context.Context, req *api.LeaveRequest) (*api.LeaveRes
 	if req.GetHostId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "leave: host_id is required")
 	}
+	if req.GetHostId() == v.sn.cfg.SeedID {
+		// Nobody leaves on the seed's behalf: that would drop its holdings.
+		return nil, status.Errorf(codes.InvalidArgument, "leave: host id %q is the supernode's seed", req.GetHostId())
+	}
 	v.sn.sched.Leave(req.GetHostId(), req.GetTaskId())
 	if req.GetTaskId() == "" {
 		v.sn.auth.forget(req.GetHostId())
