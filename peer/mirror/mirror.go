@@ -204,7 +204,7 @@ func (m *Mirror) upstream(r *http.Request) (upstream, error) {
 
 // resolveRegistry maps a registry name to its API endpoint.
 func resolveRegistry(host string, insecure []string) (upstream, error) {
-	if strings.ContainsAny(host, "/?#@ ") {
+	if !validRegistryHost(host) {
 		return upstream{}, fmt.Errorf("dfly mirror: %q is not a registry host[:port]", host)
 	}
 	api := host
@@ -217,6 +217,31 @@ func resolveRegistry(host string, insecure []string) (upstream, error) {
 		scheme = "http"
 	}
 	return upstream{host: host, base: scheme + "://" + api, secure: secure}, nil
+}
+
+// validRegistryHost reports whether host is a registry's HOST or
+// HOST:PORT (a name, an IPv4 address or a bracketed IPv6 address; a port
+// of 1-65535): nothing else may become the host of an upstream URL.
+func validRegistryHost(host string) bool {
+	if host == "" || strings.ContainsAny(host, "/?#@ \\%") {
+		return false
+	}
+	name := host
+	if h, port, err := net.SplitHostPort(host); err == nil {
+		n, perr := strconv.Atoi(port)
+		if perr != nil || n < 1 || n > 65535 || strings.TrimLeft(port, "0123456789") != "" {
+			return false
+		}
+		name = h
+		if strings.HasPrefix(host, "[") || strings.Contains(name, ":") {
+			return strings.HasPrefix(host, "[") && strings.Contains(name, ":") && net.ParseIP(name) != nil
+		}
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		return net.ParseIP(host[1:len(host)-1]) != nil
+	} else if strings.Contains(host, ":") {
+		return false
+	}
+	return name != ""
 }
 
 // plainHTTP reports whether a registry is reached over plain HTTP.

@@ -388,3 +388,18 @@ func TestResolveRegistry(t *testing.T) {
 		}
 	}
 }
+
+func TestValidRegistryHost(t *testing.T) {
+	for _, tc := range []struct {
+		host string
+		ok   bool
+	}{
+		{"docker.io", true}, {"reg.test:5000", true}, {"127.0.0.1:5000", true}, {"[::1]:5000", true}, {"[::1]", true}, {"localhost", true},
+		{"", false}, {":", false}, {":5000", false}, {"reg:", false}, {"reg:0", false}, {"reg:70000", false}, {"reg:+5", false},
+		{"::1", false}, {"[nope]:5000", false}, {"a/b", false}, {"a b", false}, {"a@b", false}, {"a%2fb", false},
+	} {
+		if got := validRegistryHost(tc.host); got != tc.ok {
+			t.Errorf("validRegistryHost(%q) = %v, want %v", tc.host, got, tc.ok)
+		}
+	}
+}
