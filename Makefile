@@ -6,7 +6,7 @@ GOBIN := $(shell $(GO) env GOPATH)/bin
 BIN   := $(CURDIR)/bin
 CMDS  := dfget dforigin
 
-.PHONY: all build deps test fuzz lint demo bench bench-store bench-dfget bench-p2p bench-image bench-chaos proto clean
+.PHONY: all build deps test fuzz lint demo bench bench-store bench-dfget bench-p2p bench-image bench-chaos bench-flow proto clean
 
 all: build
 
@@ -72,6 +72,15 @@ CHAOS_SCALE ?= 4
 bench-chaos: deps
 	@mkdir -p bench-results
 	DFLY_CHAOS_SCALE=$(CHAOS_SCALE) DFLY_CHAOS_OUT=$(CURDIR)/bench-results/chaos.md $(GO) test -count=1 -timeout 60m -run '^TestChaos' -v ./integration/chaos/
+
+# Flow control (root, issue 17): a host with a steady TCP flow of its own
+# (16 Mbit/s over a 40 Mbit/s link, network namespaces) downloads 256 MiB
+# with dfly, --flow auto then --flow fixed; the flow's goodput against its
+# share alone. Writes bench-results/flow.{md,json,png} (make test runs the
+# same test with 16 MiB).
+bench-flow: deps
+	@mkdir -p bench-results
+	DFLY_FLOW_BENCH=1 DFLY_FLOW_OUT=$(CURDIR)/bench-results $(GO) test -count=1 -timeout 30m -run '^TestFlowAutoYields$$' -v ./integration/flow/
 
 proto:
 	supernode/api/gen.sh

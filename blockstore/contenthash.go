@@ -25,6 +25,29 @@ type ContentHash struct {
 	// changes is the task's count of replaced block digests when the hash
 	// started: a block hashed before its digest changed may be stale.
 	changes uint64
+	// e2e decrypts the blocks of an end-to-end encrypted task before they
+	// are hashed and emitted (SetE2E); e2eTask: the task is one.
+	e2e     *E2E
+	e2eTask bool
+	e2eKey  string // the task's E2EKeyID
+}
+
+// SetE2E gives c the key of an end-to-end encrypted task: the blocks are
+// decrypted, then hashed and emitted in the clear. Without it such a task
+// cannot be hashed (ErrE2EKey), nor with a key its blocks were not stored
+// under.
+func (c *ContentHash) SetE2E(x *E2E) { c.e2e = x }
+
+// plain turns stored block idx (in the hash's own buffer) into plaintext.
+func (c *ContentHash) plain(idx int, blk []byte) error {
+	if !c.e2eTask {
+		return nil
+	}
+	if c.e2e == nil || c.e2e.KeyID() != c.e2eKey {
+		return fmt.Errorf("hash task %s: %w: hashing its content needs the task key from the supernode", c.id, ErrE2EKey)
+	}
+	c.e2e.XOR(idx, blk, blk)
+	return nil
 }
 
 // NewContentHash starts the whole-content hash of task id, with the task's
@@ -50,7 +73,7 @@ func (s *Store) hashState(id string) (Task, uint64, error) {
 
 func newContentHash(t Task, changes uint64) (*ContentHash, error) {
 	id := t.ID
-	c := &ContentHash{id: id, digest: t.Digest, algo: "sha256", changes: changes}
+	c := &ContentHash{id: id, digest: t.Digest, algo: "sha256", changes: changes, e2eTask: t.E2E, e2eKey: t.E2EKeyID}
 	var err error
 	if t.Digest != "" {
 		if c.algo, c.want, err = ParseDigest(t.Digest); err != nil {
@@ -92,6 +115,9 @@ func (s *Store) HashPresent(ctx context.Context, c *ContentHash, emit func(idx i
 			return c.next, fmt.Errorf("hash task %s: %w", c.id, err)
 		}
 		c.buf = blk[:0]
+		if err := c.plain(c.next, blk); err != nil {
+			return c.next, err
+		}
 		if emit != nil {
 			if err := emit(c.next, blk); err != nil {
 				return c.next, err
@@ -121,7 +147,15 @@ func (s *Store) CompleteHash(ctx context.Context, c *ContentHash, emit func(idx 
 	// Hash and write each block at the same time (they only read it),
 	// while the next blocks are read.
 	werr := make(chan error, 1)
+	if c.e2eTask {
+		if err := c.plain(0, nil); err != nil {
+			return t, err
+		}
+	}
 	err = s.streamBlocksFrom(ctx, c.id, c.next, c.want == "", func(idx int, blk []byte) error {
+		if err := c.plain(idx, blk); err != nil {
+			return err
+		}
 		if emit == nil {
 			h.Write(blk)
 			return nil

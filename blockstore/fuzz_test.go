@@ -66,6 +66,7 @@ func FuzzTaskIDFor(f *testing.F) {
 	f.Add("", "", "", d)
 	f.Add("", "", "", "")
 	f.Add("x", "", "", "")
+	f.Add(E2ETaskID(uid), u, "", "")
 	f.Add("", "https://h:443/%zz", "", "")
 	f.Add("", "relative/path", "", "")
 	f.Add("", "http://[::1]:80/?a=%20&a=+", "tag", "")
@@ -76,6 +77,21 @@ func FuzzTaskIDFor(f *testing.F) {
 			}
 		} else if !errors.Is(err, ErrInvalid) {
 			t.Fatalf("NormalizeURL(%q): %v, want ErrInvalid", rawURL, err)
+		}
+		// The end-to-end representation: the E2ETaskID of a derivation, or an error.
+		if eid, err := TaskIDForE2E(taskID, rawURL, tag, digest); err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("TaskIDForE2E(%q, %q, %q, %q): %v, want ErrInvalid", taskID, rawURL, tag, digest, err)
+			}
+		} else {
+			fromURL, uerr := TaskIDForURL(rawURL, tag, "")
+			fromDigest, derr := TaskIDForDigest(digest)
+			if !(uerr == nil && rawURL != "" && eid == E2ETaskID(fromURL)) && !(derr == nil && digest != "" && eid == E2ETaskID(fromDigest)) {
+				t.Fatalf("TaskIDForE2E(%q, %q, %q, %q) = %q: the e2e id of neither derivation", taskID, rawURL, tag, digest, eid)
+			}
+			if verr := validID(eid); verr != nil {
+				t.Fatalf("TaskIDForE2E(...) = %q: %v", eid, verr)
+			}
 		}
 		id, err := TaskIDFor(taskID, rawURL, tag, digest)
 		if err != nil {

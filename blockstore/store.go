@@ -483,7 +483,8 @@ func (s *Store) UpdateTask(id string, fn func(*Task) error) (Task, error) {
 	if err := fn(&t); err != nil {
 		return Task{}, err
 	}
-	if t.ID != st.task.ID || t.Length != st.task.Length || t.BlockSize != st.task.BlockSize || t.Sealed != st.task.Sealed {
+	if t.ID != st.task.ID || t.Length != st.task.Length || t.BlockSize != st.task.BlockSize || t.Sealed != st.task.Sealed ||
+		t.E2E != st.task.E2E || t.E2EKeyID != st.task.E2EKeyID || t.E2ESalt != st.task.E2ESalt {
 		return Task{}, fmt.Errorf("task %s: identity, length, block size and encryption cannot change: %w", id, ErrInvalid)
 	}
 	if st.task.Private && !t.Private {

@@ -48,6 +48,14 @@ type Task struct {
 	// their blocks are encrypted at rest with AES-256-GCM (see seal.go).
 	// The store sets it; CreateTask refuses it on a store without a key.
 	Sealed bool `json:"sealed,omitempty"`
+	// E2E is set on end-to-end encrypted tasks (see e2e.go): the stored
+	// blocks (and their digests) are ciphertext under the key E2EKeyID
+	// names; Digest is over the plaintext.
+	E2E      bool   `json:"e2e,omitempty"`
+	E2EKeyID string `json:"e2e_key_id,omitempty"`
+	// E2ESalt is the seed's random value its key of this version of the
+	// content derives from (only in the seed's store; never sent).
+	E2ESalt string `json:"e2e_salt,omitempty"`
 }
 
 // NumBlocks is the number of blocks of the task.

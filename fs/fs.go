@@ -21,6 +21,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/peer"
 )
 
@@ -63,6 +65,11 @@ type Options struct {
 	// (default 1h: the content is immutable).
 	AttrTimeout time.Duration
 	Logger      *slog.Logger
+	// Metrics, if set, times the reads and counts the EIO answers.
+	Metrics *Metrics
+	// Tracing makes one FUSE read in 16 a trace's root, "fuse.read"; the
+	// engine's block fetches are its children (trace.go). nil: off.
+	Tracing *telemetry.Tracing
 }
 
 // Root is the root directory of the tree. It owns the goroutines its reads
@@ -81,6 +88,7 @@ type Root struct {
 	bufs   sync.Pool
 	uid    uint32 // owner of the files: the mounting user
 	gid    uint32
+	reads  atomic.Uint64 // reads so far: one in 16 is traced (trace.go)
 }
 
 var _ = (gofs.NodeOnAdder)((*Root)(nil))
@@ -272,10 +280,18 @@ type readResult struct {
 	err error
 }
 
-// Read serves a FUSE read. The fetch runs in its own goroutine bounded by the
+// Read serves a FUSE read (see read), timed by the metrics.
+func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	began := time.Now()
+	res, errno := f.read(ctx, fh, dest, off)
+	f.root.opt.Metrics.read(time.Since(began), errno)
+	return res, errno
+}
+
+// read serves a FUSE read. The fetch runs in its own goroutine bounded by the
 // read timeout, so that an interrupted read (EINTR, retried by the caller)
 // does not throw away a half-fetched block.
-func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+func (f *fileNode) read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	info := f.content.Info()
 	if off >= info.Length || len(dest) == 0 {
 		return fuse.ReadResultData(nil), 0
@@ -305,10 +321,12 @@ func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 		defer cancel()
 		// A reader waits: the swarm asks the supernode for these blocks first.
 		rctx = peer.WithPriority(rctx, peer.Foreground)
+		rctx, span := f.root.startReadSpan(rctx, f.name, off, want)
 		n, err := f.content.ReadAt(rctx, buf, off)
 		if err != nil && context.Cause(rctx) == errReadTimeout {
 			err = fmt.Errorf("%w after %s: %w", errReadTimeout, f.root.opt.Timeout, err)
 		}
+		endReadSpan(span, n, want, err)
 		done <- readResult{n, err}
 	}()
 	select {

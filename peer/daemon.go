@@ -19,7 +19,10 @@ import (
 	"time"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/compress"
+	"github.com/dfly-p2p/dfly/internal/flow"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/internal/tlsconf"
 )
 
@@ -62,6 +65,9 @@ type DaemonConfig struct {
 	// CorruptUploads is a TEST HOOK (dfdaemon --debug-corrupt-uploads): the
 	// upload server flips a byte of every block it serves.
 	CorruptUploads bool
+	// E2EPrivate makes every download with credentials (private content)
+	// end-to-end encrypted (Request.E2E), as if it asked for it.
+	E2EPrivate bool
 	// TLS configures HTTPS to origins and registries (source.LoadCAs for a
 	// private CA); nil = the system CAs.
 	TLS *tls.Config
@@ -71,6 +77,24 @@ type DaemonConfig struct {
 	// needs a certificate when the daemon joins a swarm.
 	SwarmTLS *tlsconf.Reloader
 	Logger   *slog.Logger
+	// Metrics, if set, receives the engine's, the upload server's and the
+	// preheats' counters (see Metrics).
+	Metrics *Metrics
+	// Tracing traces the local API's downloads, the engine, the swarm's
+	// calls and sampled blocks, and the upload server (docs/tracing.md);
+	// nil: off.
+	Tracing *telemetry.Tracing
+	// Compress is the data plane's compression (dfdaemon --compress):
+	// Auto asks parents for compressed forms while it pays, Always
+	// always; both keep the forms received in StoreDir/compressed (at
+	// most a quarter of Quota) and serve them on. Off (the zero value):
+	// plain blocks only.
+	Compress compress.Mode
+	// Flow is the flow control (dfdaemon --flow, --flow-ceiling,
+	// --flow-iface, --disk-backoff; daemon_flow.go). The zero value is the
+	// fixed limits only; StoreDir, Supernode, DownloadRate and UploadRate
+	// fill its store, target and fixed fields.
+	Flow flow.Options
 }
 
 // Daemon is a running dfdaemon: block store, engine, swarm, upload server and local API.
@@ -89,7 +113,10 @@ type Daemon struct {
 	wg           sync.WaitGroup
 	closeOnce    sync.Once
 	downloads    atomic.Int64
-	preheat      *preheater // nil in origin mode
+	preheat      *preheater       // nil in origin mode
+	recent       *Recent          // the last hour, for GET /v1/status (localapi_status.go)
+	compress     *compression     // nil when off (daemon_compress.go)
+	flow         *flow.Controller // nil without flow control (daemon_flow.go)
 }
 
 // StartDaemon opens the store, starts the upload server, joins the swarm and
@@ -107,7 +134,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	if cfg.Sock == "" {
 		cfg.Sock = DefaultSocketPath()
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, sock: cfg.Sock}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, sock: cfg.Sock, recent: NewRecent(nil)}
 	var cleanup []func()
 	defer func() {
 		if err != nil {
@@ -121,6 +148,10 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		return nil, err
 	}
 	cleanup = append(cleanup, func() { d.store.Close() })
+	if d.compress, err = openCompression(cfg, d.store); err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, d.compress.close)
 
 	if cfg.Supernode != "" {
 		d.upLn, err = net.Listen("tcp", cfg.Listen)
@@ -169,35 +200,44 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 			"net.core.somaxconn", n, "raise_with", fmt.Sprintf("sysctl -w net.core.somaxconn=%d", 4096))
 	}
 
+	if err := d.newFlow(ctx); err != nil {
+		return nil, err
+	}
 	var sw Swarm
 	if cfg.Supernode != "" {
 		d.upload = NewUploadServer(UploadConfig{Store: d.store, Rate: cfg.UploadRate, MaxUploads: cfg.MaxUploads,
-			CorruptUploads: cfg.CorruptUploads, Logger: cfg.Logger})
+			CorruptUploads: cfg.CorruptUploads, Logger: cfg.Logger, Metrics: cfg.Metrics, Compress: d.compress.Host()})
 		secret, serr := loadOrCreateHostSecret(filepath.Join(cfg.StoreDir, "host.secret"))
 		if serr != nil {
 			return nil, fmt.Errorf("dfdaemon: %w", serr)
 		}
 		d.preheat = newPreheater(cfg.Logger, cfg.PreheatRate, func() bool { return d.engine != nil && d.engine.Busy() },
 			func(job, task string, err error) { d.swarm.ReportPreheat(job, task, err) })
+		d.preheat.metrics = cfg.Metrics
+		d.preheat.background = func(ctx context.Context, n int64) error { return d.engine.PaceBackground(ctx, n) }
 		d.swarm, err = NewSwarm(ctx, SwarmConfig{
-			OnPreheat: d.preheat.offer,
+			OnPreheat: d.preheat.offer, HostStats: d.hostStats, ReceiveBuffer: d.receiveBuffer(),
 			Supernode: cfg.Supernode, Store: d.store, HostID: cfg.HostID, UploadAddr: d.advert, HostSecret: secret,
 			IDC: cfg.IDC, Rack: cfg.Rack, UploadCapacity: cfg.UploadRate, BlockTimeout: cfg.BlockTimeout, TLS: cfg.SwarmTLS,
 			UploadStats: func() (int32, int64) {
 				s := d.upload.Stats()
 				return s.InFlight, s.BytesServed
 			},
-			Logger: cfg.Logger,
+			Logger:   cfg.Logger,
+			Tracing:  cfg.Tracing,
+			Compress: d.compress.Host(),
 		})
 		if err != nil {
 			return nil, err
 		}
 		cleanup = append(cleanup, func() { d.swarm.Close() })
 		d.upload.cfg.Tokens = d.swarm
+		d.upload.cfg.Tracing = cfg.Tracing
 		sw = d.swarm
 	}
 	d.engine, err = New(Config{Store: d.store, Source: source.New(source.Options{Logger: cfg.Logger, TLS: cfg.TLS}),
-		Concurrency: cfg.Concurrency, DownloadRate: cfg.DownloadRate, Logger: cfg.Logger, Swarm: sw})
+		Concurrency: cfg.Concurrency, DownloadRate: cfg.DownloadRate, Logger: cfg.Logger, Swarm: sw, Metrics: cfg.Metrics,
+		Recent: d.recent, Tracing: cfg.Tracing})
 	if err != nil {
 		return nil, err
 	}
@@ -208,6 +248,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.cancel = cancel
+	d.runFlow(sctx)
 	if d.upload != nil {
 		d.wg.Add(1)
 		go func() {
@@ -289,6 +330,11 @@ func (d *Daemon) Engine() *Engine { return d.engine }
 // Stats returns the daemon's counters.
 func (d *Daemon) Stats() DaemonStats {
 	s := DaemonStats{UploadAddr: d.advert, Store: d.store.Stats(), Fallbacks: d.engine.Fallbacks(), Downloads: d.downloads.Load()}
+	if c := d.compress.Host(); c != nil {
+		cs := c.Stats()
+		s.Compression = &cs
+	}
+	s.Flow = d.flowStatus()
 	if d.upload != nil {
 		s.Upload = d.upload.Stats()
 	}
@@ -303,18 +349,23 @@ func (d *Daemon) Stats() DaemonStats {
 // Download downloads dr through the engine and writes the output (see the local API).
 func (d *Daemon) Download(ctx context.Context, dr DownloadRequest, cred *syscall.Ucred, progress func(Progress)) (DownloadResult, error) {
 	d.downloads.Add(1)
-	req := Request{URL: dr.URL, Digest: dr.Digest, TaskID: dr.TaskID, Tag: dr.Tag}
+	req := Request{URL: dr.URL, Digest: dr.Digest, TaskID: dr.TaskID, Tag: dr.Tag, E2E: dr.E2E}
 	if len(dr.Headers) > 0 {
 		req.Header = http.Header{}
 		for k, v := range dr.Headers {
 			req.Header.Set(k, v)
 		}
 	}
+	if d.cfg.E2EPrivate && source.Sensitive(req.Header) {
+		req.E2E = true
+	}
 	start := time.Now()
 	// Open first: a request the origin refuses (or a private task the
 	// caller may not read) leaves no file behind, not even a temporary one.
 	t, err := d.engine.Open(ctx, req)
 	if err != nil {
+		d.cfg.Metrics.download(ctx, err)
+		d.recent.Done(fmt.Errorf("download %s: %w", dr.URL, err))
 		return DownloadResult{}, fmt.Errorf("download %s: %w", dr.URL, err)
 	}
 	opened := time.Since(start)
@@ -383,7 +434,9 @@ func (d *Daemon) Close() error {
 		if d.swarm != nil {
 			err = errors.Join(err, d.swarm.Close())
 		}
-		err = errors.Join(err, d.engine.Close(), d.store.Close())
+		err = errors.Join(err, d.engine.Close())
+		d.compress.close()
+		err = errors.Join(err, d.store.Close())
 		os.Remove(d.sock)
 	})
 	return err

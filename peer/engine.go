@@ -21,6 +21,7 @@ import (
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 )
 
 // Request names content to fetch.
@@ -30,6 +31,12 @@ type Request struct {
 	Digest string      // optional whole-content digest, "sha256:HEX" or "md5:HEX"
 	TaskID string      // optional; default blockstore.TaskIDForURL(URL, Tag, "")
 	Tag    string
+	// E2E asks for the end-to-end encrypted representation (see
+	// blockstore/e2e.go): blocks travel and are stored encrypted under a
+	// task key from the supernode; its id is blockstore.E2ETaskID of the
+	// plain one. Without a supernode to give the key, Open falls back to
+	// the plain content from the origin (with a warning).
+	E2E bool
 }
 
 // Priority orders block fetches.
@@ -93,6 +100,15 @@ type Config struct {
 	// RevalidateTimeout bounds the origin check of an Open of stored
 	// content (see Open). Default 10s.
 	RevalidateTimeout time.Duration
+	// Metrics, if set, counts bytes by provenance, downloads, block fetch
+	// times, origin fallbacks, rate-limit waits and active tasks.
+	Metrics *Metrics
+	// Recent, if set, keeps the last hour's bytes by provenance, downloads,
+	// origin fallbacks and errors for `dfctl status` (see Recent).
+	Recent *Recent
+	// Tracing makes the spans of Open and Download (children of the
+	// caller's span, or roots; see trace.go); nil: off.
+	Tracing *telemetry.Tracing
 }
 
 // Engine fetches tasks into the block store. It is safe for concurrent use.
@@ -101,8 +117,15 @@ type Engine struct {
 	store   *blockstore.Store
 	src     *source.Client
 	log     *slog.Logger
-	limiter *rate.Limiter
+	limiter atomic.Pointer[rate.Limiter] // nil = unlimited; SetDownloadRate changes it
 	bg      chan struct{}
+	// bgLimiter paces background writes (PaceBackground; nil = unlimited):
+	// the disk backoff of internal/flow sets it.
+	bgLimiter atomic.Pointer[rate.Limiter]
+	// received counts the bytes downloads received (swarm and origin), as
+	// they pass the download limiter: the flow controller's view of dfly's
+	// own download traffic.
+	received atomic.Int64
 
 	mu    sync.Mutex
 	tasks map[string]*Task // published only once their store entry exists
@@ -140,9 +163,71 @@ func New(cfg Config) (*Engine, error) {
 		bg: make(chan struct{}, cfg.Concurrency), tasks: map[string]*Task{}}
 	if cfg.DownloadRate > 0 {
 		burst := int(min(cfg.DownloadRate, 1<<20))
-		e.limiter = rate.NewLimiter(rate.Limit(cfg.DownloadRate), burst)
+		e.limiter.Store(rate.NewLimiter(rate.Limit(cfg.DownloadRate), burst))
 	}
 	return e, nil
+}
+
+// rateLimit is bps as a rate.Limit: 0 or less = unlimited.
+func rateLimit(bps int64) rate.Limit {
+	if bps <= 0 {
+		return rate.Inf
+	}
+	return rate.Limit(bps)
+}
+
+// setLimit sets the rate of the limiter in p (bytes/s, 0 = unlimited),
+// creating it with burst on first use. The burst never changes: waiters
+// take at most a burst at a time.
+func setLimit(p *atomic.Pointer[rate.Limiter], bps int64, burst int) {
+	l := p.Load()
+	if l == nil {
+		if bps <= 0 {
+			return
+		}
+		if p.CompareAndSwap(nil, rate.NewLimiter(rateLimit(bps), burst)) {
+			return
+		}
+		l = p.Load() // another caller made it first
+	}
+	l.SetLimit(rateLimit(bps))
+}
+
+// SetDownloadRate changes the engine's download limit (Config.DownloadRate)
+// while it runs: bytes/s, 0 = unlimited. The flow controller
+// (internal/flow, dfdaemon --flow auto) calls it. A limiter it creates
+// has a burst of 64 KiB: after an idle spell a download then starts at
+// the limit, not with a megabyte at the link's full rate.
+func (e *Engine) SetDownloadRate(bps int64) { setLimit(&e.limiter, bps, 64<<10) }
+
+// ReceivedBytes is how many bytes the engine's downloads received so far
+// (from the swarm and the origin), counted as they pass the download limiter.
+func (e *Engine) ReceivedBytes() int64 { return e.received.Load() }
+
+// SetBackgroundRate sets the pace of background writes (PaceBackground):
+// bytes/s, 0 = unlimited. dfdaemon's --disk-backoff sets it.
+func (e *Engine) SetBackgroundRate(bps int64) { setLimit(&e.bgLimiter, bps, 1<<20) }
+
+// PaceBackground waits until background work (a preheat, a prefetch) may
+// write n more bytes under SetBackgroundRate; at once when unlimited.
+// Foreground work never calls it.
+func (e *Engine) PaceBackground(ctx context.Context, n int64) error {
+	return waitLimiter(ctx, e.bgLimiter.Load(), n)
+}
+
+// waitLimiter takes n bytes from l, a burst at a time (nil l: unlimited).
+func waitLimiter(ctx context.Context, l *rate.Limiter, n int64) error {
+	if l == nil {
+		return nil
+	}
+	for n > 0 {
+		c := min(n, int64(l.Burst()))
+		if err := l.WaitN(ctx, int(c)); err != nil {
+			return err
+		}
+		n -= c
+	}
+	return nil
 }
 
 // Store returns the engine's block store.
@@ -190,9 +275,13 @@ type Task struct {
 	stream   sync.Mutex                 // serialises the one-stream fallback
 	cache    *blockCache
 
+	// e2e is the cipher of an end-to-end encrypted task (set by Open).
+	e2e atomic.Pointer[blockstore.E2E]
+
 	bytesLocal, bytesOrigin, bytesSeed, bytesPeers atomic.Int64
 	fg                                             atomic.Int32
 	rangeIgnored                                   atomic.Bool
+	active                                         atomic.Int32 // operations in flight (Metrics.taskBegin)
 }
 
 type call struct {
@@ -310,6 +399,8 @@ func (t *Task) adoptDigest(d string) error {
 
 // Fetch makes sure block idx is stored and verified.
 func (t *Task) Fetch(ctx context.Context, idx int, prio Priority) error {
+	t.e.cfg.Metrics.taskBegin(&t.active)
+	defer t.e.cfg.Metrics.taskEnd(&t.active)
 	if prio == Foreground {
 		t.e.foreground.Add(1)
 		defer t.e.foreground.Add(-1)
@@ -377,8 +468,10 @@ func (t *Task) fetch(ctx context.Context, idx int, prio Priority) error {
 	}
 	n := meta.BlockLen(idx)
 	if sw := t.e.cfg.Swarm; sw != nil {
+		began := time.Now()
 		from, err := t.fetchFromSwarm(ctx, sw, idx, prio)
 		if err == nil {
+			t.e.cfg.Metrics.blockFetched(from, time.Since(began))
 			t.count(from, n)
 			sw.Stored(t, idx)
 			return nil
@@ -387,12 +480,15 @@ func (t *Task) fetch(ctx context.Context, idx int, prio Priority) error {
 			return err
 		}
 		t.e.fallbacks.Add(1)
+		t.e.cfg.Metrics.fallback()
+		t.e.cfg.Recent.Fallback(fmt.Errorf("block %d of task %s: %w", idx, t.id, err))
 		t.e.log.Warn("swarm could not deliver block; fetching it from the origin", "task", t.id, "block", idx, "err", err)
 	}
 	req := t.Request()
 	if req.URL == "" {
 		return fmt.Errorf("block %d of task %s: no origin URL to fetch it from: %w", idx, t.id, blockstore.ErrNotFound)
 	}
+	began := time.Now()
 	if err := t.e.wait(ctx, n); err != nil {
 		return err
 	}
@@ -405,10 +501,15 @@ func (t *Task) fetch(ctx context.Context, idx int, prio Priority) error {
 	if err != nil {
 		return fmt.Errorf("fetch block %d of task %s from origin: %w", idx, t.id, err)
 	}
-	if err := t.put(ctx, idx, data); err != nil {
+	stored, err := t.fromOrigin(meta, idx, data)
+	if err != nil {
 		return err
 	}
-	t.stored(idx, data)
+	if err := t.put(ctx, idx, stored); err != nil {
+		return err
+	}
+	t.storedPlain(idx, data)
+	t.e.cfg.Metrics.blockFetched(FromOrigin, time.Since(began))
 	t.count(FromOrigin, n)
 	if sw := t.e.cfg.Swarm; sw != nil {
 		sw.Stored(t, idx)
@@ -434,6 +535,8 @@ func (t *Task) fetchFromSwarm(ctx context.Context, sw Swarm, idx int, prio Prior
 }
 
 func (t *Task) count(from From, n int64) {
+	t.e.cfg.Metrics.delivered(from, n)
+	t.e.cfg.Recent.AddBytes(from, n)
 	switch from {
 	case FromOrigin:
 		t.bytesOrigin.Add(n)
@@ -446,19 +549,17 @@ func (t *Task) count(from From, n int64) {
 	}
 }
 
-// wait applies the engine's download rate limit to n bytes.
+// wait applies the engine's download rate limit to n bytes (and counts
+// them: ReceivedBytes).
 func (e *Engine) wait(ctx context.Context, n int64) error {
-	if e.limiter == nil {
+	e.received.Add(n)
+	l := e.limiter.Load()
+	if l == nil {
 		return nil
 	}
-	for n > 0 {
-		c := min(n, int64(e.limiter.Burst()))
-		if err := e.limiter.WaitN(ctx, int(c)); err != nil {
-			return err
-		}
-		n -= c
-	}
-	return nil
+	began := time.Now()
+	defer func() { e.cfg.Metrics.waited(limiterDownload, time.Since(began)) }()
+	return waitLimiter(ctx, l, n)
 }
 
 // streamAll reads the whole content in one stream (for origins that ignore
@@ -490,13 +591,19 @@ func (t *Task) streamAll(ctx context.Context) error {
 			return fmt.Errorf("stream %s: block %d: %w", req.URL, idx, err)
 		}
 		t.bytesOrigin.Add(n)
+		t.e.cfg.Metrics.delivered(FromOrigin, n)
+		t.e.cfg.Recent.AddBytes(FromOrigin, n)
 		if t.e.store.HasBlock(t.id, idx) {
 			continue
 		}
-		if err := t.put(ctx, idx, buf[:n]); err != nil {
+		stored, err := t.fromOrigin(meta, idx, buf[:n])
+		if err != nil {
 			return err
 		}
-		t.stored(idx, buf[:n])
+		if err := t.put(ctx, idx, stored); err != nil {
+			return err
+		}
+		t.storedPlain(idx, buf[:n])
 		if sw := t.e.cfg.Swarm; sw != nil {
 			sw.Stored(t, idx)
 		}
@@ -562,6 +669,9 @@ func (t *Task) block(ctx context.Context, idx int) ([]byte, error) {
 		}
 		b, err := t.e.store.ReadBlock(t.id, idx)
 		if err == nil {
+			if err := t.plain(idx, b); err != nil {
+				return nil, err
+			}
 			t.cache.put(idx, b)
 			return b, nil
 		}

@@ -71,6 +71,8 @@ func (e *Engine) Download(ctx context.Context, req Request, opt DownloadOptions)
 	fb := e.fallbacks.Load()
 	t, err := e.Open(ctx, req)
 	if err != nil {
+		e.cfg.Metrics.download(ctx, err)
+		e.cfg.Recent.Done(err)
 		return Result{}, err
 	}
 	opened := time.Since(start)
@@ -87,14 +89,21 @@ func (e *Engine) Download(ctx context.Context, req Request, opt DownloadOptions)
 // content and writes it to the options' output. Concurrent downloads of a
 // task share its block fetches.
 func (t *Task) Download(ctx context.Context, opt DownloadOptions) (Result, error) {
+	ctx, span := t.startDownloadSpan(ctx)
 	start := time.Now()
 	fb := t.e.fallbacks.Load()
+	t.e.cfg.Metrics.taskBegin(&t.active)
+	endRecent := t.e.cfg.Recent.Begin(t.id)
 	res, err := t.download(ctx, opt)
+	t.e.cfg.Metrics.taskEnd(&t.active)
+	t.e.cfg.Metrics.download(ctx, err)
+	endRecent(err)
 	res.Duration = time.Since(start)
 	res.Fallback = t.e.fallbacks.Load() - fb
 	if sw := t.e.cfg.Swarm; sw != nil {
 		sw.Done(t, err)
 	}
+	endDownloadSpan(span, res, err)
 	return res, err
 }
 
@@ -117,6 +126,8 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 	}
 	if meta.State == blockstore.StateComplete {
 		t.bytesLocal.Add(meta.Length)
+		t.e.cfg.Metrics.delivered(FromLocal, meta.Length)
+		t.e.cfg.Recent.AddBytes(FromLocal, meta.Length)
 		if opt.OutputAt != nil {
 			s = newAtSink(opt.OutputAt, meta, nil)
 		}
@@ -127,6 +138,8 @@ func (t *Task) download(ctx context.Context, opt DownloadOptions) (Result, error
 	var done atomic.Int64
 	done.Store(meta.Length - missingBytes(meta, missing))
 	t.bytesLocal.Add(done.Load())
+	t.e.cfg.Metrics.delivered(FromLocal, done.Load())
+	t.e.cfg.Recent.AddBytes(FromLocal, done.Load())
 	var reportMu sync.Mutex // Progress is called from one goroutine at a time
 	report := func() {
 		if opt.Progress != nil {
@@ -210,6 +223,7 @@ func (t *Task) startPrefixHash(ctx context.Context, emit func(int, []byte) error
 		t.e.log.Debug("no early whole-content hash; the final pass hashes everything", "task", t.id, "err", err)
 		return nil
 	}
+	c.SetE2E(t.e2e.Load())
 	p := &prefixHash{c: c, kicks: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)

@@ -33,6 +33,7 @@ import (
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 )
 
 // ID returns the task ID a request maps to: Request.TaskID when set, which
@@ -40,19 +41,36 @@ import (
 // digest, or TaskIDForURL of its URL and tag), else the URL-derived ID. So
 // a caller can never make content known under another content's ID.
 func (r Request) ID() (string, error) {
+	if r.E2E {
+		return blockstore.TaskIDForE2E(r.TaskID, r.URL, r.Tag, r.Digest)
+	}
 	return blockstore.TaskIDFor(r.TaskID, r.URL, r.Tag, r.Digest)
 }
 
 // Open resolves a task and returns its shared handle (see the top of this
 // file for when it asks the origin). A task not in the store is created
 // from the swarm's Resolve or the origin's Stat.
-func (e *Engine) Open(ctx context.Context, req Request) (*Task, error) {
+func (e *Engine) Open(ctx context.Context, req Request) (_ *Task, err error) {
+	ctx, span := e.startOpenSpan(ctx, req)
+	defer func() { telemetry.EndSpan(span, err) }()
 	id, err := req.ID()
 	if err != nil {
 		return nil, err
 	}
 	if req.Digest != "" {
 		if _, _, err := blockstore.ParseDigest(req.Digest); err != nil {
+			return nil, err
+		}
+	}
+	if req.E2E {
+		t, err := e.openE2E(ctx, req, id)
+		if !errors.Is(err, errNoTaskKey) {
+			return t, err
+		}
+		e.log.Warn("end-to-end encryption needs the task key from the supernode, which is not to be had; fetching the content in the clear",
+			"task", id, "err", err)
+		req = plainRequest(req)
+		if id, err = req.ID(); err != nil {
 			return nil, err
 		}
 	}
@@ -65,7 +83,8 @@ type opener struct {
 	e    *Engine
 	id   string
 	req  Request
-	cred string // fingerprint of the request's headers when they are sensitive, else ""
+	cred string          // fingerprint of the request's headers when they are sensitive, else ""
+	x    *blockstore.E2E // the key of an end-to-end encrypted task, else nil
 }
 
 // key identifies the Opens that can share one operation: same task, URL,
@@ -125,6 +144,13 @@ func (o *opener) open(ctx context.Context) (*Task, error) {
 		}
 		t := e.handle(o.id, o.req)
 		v, err := o.check(ctx, meta)
+		if err == nil && o.x != nil && (!meta.E2E || meta.E2EKeyID != o.x.KeyID()) {
+			// Stored under another key (the supernode's secret changed):
+			// unreadable, fetched again.
+			e.log.Warn("stored copy of an end-to-end encrypted task is under another key; fetching it again", "task", o.id,
+				"stored_key", meta.E2EKeyID, "key", o.x.KeyID())
+			v = verdictChanged
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -157,6 +183,9 @@ func (o *opener) open(ctx context.Context) (*Task, error) {
 // adopt finishes a successful Open: the request's digest, if any, becomes
 // the task's.
 func (o *opener) adopt(t *Task) (*Task, error) {
+	if o.x != nil {
+		t.e2e.Store(o.x)
+	}
 	if err := t.adoptDigest(o.req.Digest); err != nil {
 		return nil, err
 	}
@@ -207,6 +236,9 @@ func (o *opener) urlDerived() bool {
 		return false
 	}
 	id, err := blockstore.TaskIDForURL(o.req.URL, o.req.Tag, "")
+	if o.req.E2E {
+		id = blockstore.E2ETaskID(id)
+	}
 	return err == nil && id == o.id
 }
 
@@ -312,6 +344,7 @@ func (o *opener) create(ctx context.Context) (created, error) {
 		meta, err = e.cfg.Swarm.Resolve(ctx, req, id)
 		if err != nil {
 			e.fallbacks.Add(1)
+			e.cfg.Recent.Fallback(err)
 			e.log.Warn("swarm could not resolve the task; asking the origin", "task", id, "err", err)
 		}
 	}
@@ -337,6 +370,10 @@ func (o *opener) create(ctx context.Context) (created, error) {
 		meta.Digest = req.Digest // the user's digest wins over the origin's
 	}
 	meta.Private = o.cred != ""
+	meta.E2E, meta.E2EKeyID, meta.E2ESalt = false, "", ""
+	if o.x != nil {
+		meta.E2E, meta.E2EKeyID = true, o.x.KeyID()
+	}
 	stored, err := e.store.CreateTask(ctx, meta)
 	if err != nil {
 		return created{}, err

@@ -209,6 +209,9 @@ func (t *Task) writeComplete(ctx context.Context, meta blockstore.Task, s sink) 
 		if s.written(idx) {
 			return nil
 		}
+		if err := t.plain(idx, blk); err != nil {
+			return err
+		}
 		return s.emit(idx, blk)
 	})
 	if err == nil {
@@ -268,7 +271,7 @@ func (t *Task) completeFunc(ctx context.Context, c *blockstore.ContentHash, s si
 		if attempt == 0 && c != nil {
 			meta, err = t.e.store.CompleteHash(ctx, c, emit)
 		} else {
-			meta, err = t.e.store.VerifyAndCompleteFunc(ctx, t.id, emit)
+			meta, err = t.verifyAndComplete(ctx, emit)
 		}
 		if err == nil || attempt >= 2 {
 			return meta, err
@@ -404,10 +407,26 @@ func (m *outputMirror) holdBack(missing []int, numBlocks int, emit func(int, []b
 	}
 }
 
-// stored hands block idx, just verified and stored, to the outputs of the
-// downloads of this task that are running (see DownloadOptions.OutputAt).
-// data is only read, during the call.
+// stored hands block idx, just verified and stored (data: the stored
+// bytes, only read during the call), to the outputs of the downloads of
+// this task that are running (see DownloadOptions.OutputAt), in the clear.
 func (t *Task) stored(idx int, data []byte) {
+	if x := t.e2e.Load(); x != nil {
+		t.mu.Lock()
+		none := len(t.mirrors) == 0
+		t.mu.Unlock()
+		if none {
+			return
+		}
+		plain := make([]byte, len(data))
+		x.XOR(idx, plain, data)
+		data = plain
+	}
+	t.storedPlain(idx, data)
+}
+
+// storedPlain is stored with the block's plaintext.
+func (t *Task) storedPlain(idx int, data []byte) {
 	t.mu.Lock()
 	if len(t.mirrors) == 0 {
 		t.mu.Unlock()

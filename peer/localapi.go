@@ -11,6 +11,8 @@ package peer
 //	                    validators, digest) for root and the daemon's own
 //	                    user only, IDs, sizes and states for others
 //	GET  /v1/stats      JSON DaemonStats
+//	GET  /v1/status     ?window=5m: JSON p2pstatus.Host, is P2P working on
+//	                    this host (localapi_status.go, docs/status.md)
 //	GET  /v1/ping       204: the daemon answers (dfget's probe)
 //	GET  /debug/pprof/  Go profiles (net/http/pprof), for root and the
 //	                    daemon's own user only:
@@ -46,6 +48,9 @@ import (
 	"time"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/compress"
+	"github.com/dfly-p2p/dfly/internal/flow"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 )
 
 // DefaultSocketPath is where dfdaemon listens by default: /run/dfly/dfdaemon.sock
@@ -69,6 +74,8 @@ type DownloadRequest struct {
 	TaskID  string            `json:"task_id,omitempty"` // default: derived from the URL (and Tag)
 	Tag     string            `json:"tag,omitempty"`
 	Output  string            `json:"output,omitempty"` // absolute path; empty = store only
+	// E2E: end-to-end encrypted in the swarm and the store (see Request.E2E).
+	E2E bool `json:"e2e,omitempty"`
 }
 
 // DownloadResult is the final answer of a download.
@@ -106,6 +113,12 @@ type DaemonStats struct {
 	Swarm      *SwarmStats      `json:"swarm,omitempty"`
 	Fallbacks  int64            `json:"fallbacks"`
 	Downloads  int64            `json:"downloads"`
+	// Compression counts the compressed transfers (bytes on the wire vs
+	// plain) and the forms kept; nil with --compress off.
+	Compression *compress.Stats `json:"compression,omitempty"`
+	// Flow is the flow controller's state (--flow auto, --disk-backoff);
+	// nil without flow control.
+	Flow *flow.Status `json:"flow,omitempty"`
 }
 
 // localAPI serves the local API for a daemon.
@@ -140,6 +153,7 @@ func (a *localAPI) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/download", a.download)
 	mux.HandleFunc("GET /v1/tasks", a.tasks)
+	mux.HandleFunc("GET /v1/status", a.status)
 	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 	})
@@ -201,6 +215,8 @@ func writeJSON(w http.ResponseWriter, v any) {
 }
 
 func (a *localAPI) download(w http.ResponseWriter, r *http.Request) {
+	w, r, end := a.d.cfg.Tracing.HTTPServerSpan(w, r, "dfdaemon.download", false)
+	defer end()
 	var dr DownloadRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&dr); err != nil {
 		http.Error(w, "bad JSON body: "+err.Error(), http.StatusBadRequest)
@@ -240,6 +256,7 @@ func (a *localAPI) download(w http.ResponseWriter, r *http.Request) {
 		emit(DownloadEvent{Event: "progress", Done: p.Done, Total: p.Total, Stats: &st})
 	}
 	res, err := a.d.Download(r.Context(), dr, cred, progress)
+	annotateDownload(r.Context(), dr, res, err)
 	if err != nil {
 		a.log.Warn("download failed", "url", dr.URL, "err", err)
 		emit(DownloadEvent{Event: "error", Error: err.Error()})
@@ -425,6 +442,7 @@ func (c *DaemonClient) Download(ctx context.Context, dr DownloadRequest, progres
 		return DownloadResult{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	telemetry.Inject(ctx, req.Header) // the daemon's spans join the caller's trace
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return DownloadResult{}, fmt.Errorf("dfdaemon %s: %w", c.sock, err)

@@ -35,6 +35,11 @@ type preheater struct {
 	limit  *rate.Limiter // nil: no preheat limit (the host's download limit still applies)
 	busy   func() bool   // a foreground download is in flight
 	report func(job, task string, err error)
+	// metrics, if set, receives the time spent waiting for limit.
+	metrics *Metrics
+	// background, if set, paces the preheat's writes as background work
+	// (Engine.PaceBackground: dfdaemon --disk-backoff).
+	background func(ctx context.Context, n int64) error
 
 	queue chan PreheatOrder
 	mu    sync.Mutex
@@ -115,7 +120,8 @@ func (p *preheater) close() {
 const busyPoll = 50 * time.Millisecond
 
 // pace is called before each block of a preheat: it waits while foreground
-// downloads run, then for the preheat rate limit.
+// downloads run, then for the background pace (a busy disk) and the
+// preheat rate limit.
 func (p *preheater) pace(ctx context.Context, n int64) error {
 	for p.busy != nil && p.busy() {
 		select {
@@ -124,9 +130,19 @@ func (p *preheater) pace(ctx context.Context, n int64) error {
 		case <-time.After(busyPoll):
 		}
 	}
+	if p.background != nil {
+		began := time.Now()
+		err := p.background(ctx, n)
+		p.metrics.waited(limiterPreheat, time.Since(began))
+		if err != nil {
+			return err
+		}
+	}
 	if p.limit == nil {
 		return nil
 	}
+	began := time.Now()
+	defer func() { p.metrics.waited(limiterPreheat, time.Since(began)) }()
 	for n > 0 {
 		c := min(n, int64(p.limit.Burst()))
 		if err := p.limit.WaitN(ctx, int(c)); err != nil {

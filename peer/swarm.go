@@ -69,6 +69,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/compress"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/internal/tlsconf"
 	"github.com/dfly-p2p/dfly/supernode/api"
 )
@@ -121,8 +123,23 @@ type SwarmConfig struct {
 	// OnPreheat, if set, receives the preheat orders of each heartbeat's
 	// answer (repeated until their job ends; it must not block).
 	OnPreheat func([]PreheatOrder)
+	// HostStats, if set, gives the host's counters sent with each
+	// heartbeat (the supernode's GET /api/v1/status; see Recent).
+	HostStats func() *api.HostStats
+	// ReceiveBuffer, if above 0, is the receive buffer (SO_RCVBUF, bytes)
+	// of every block connection, instead of the kernel's autotuning: with
+	// flow control a paced reader holds a sender back only by the window
+	// its buffer advertises (flow.ReceiveBuffer, daemon_flow.go).
+	ReceiveBuffer int
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// Tracing traces the gRPC calls made inside a trace (RegisterTask, one
+	// Sync round in 16) and the sampled block GETs (see trace.go); nil: off.
+	Tracing *telemetry.Tracing
+	// Compress asks parents for compressed forms of blocks when it pays,
+	// decodes them and keeps them to serve them on (swarm_compress.go);
+	// nil: plain blocks only.
+	Compress *compress.Host
 }
 
 // SwarmStats are the swarm's counters.
@@ -187,6 +204,9 @@ type SupernodeSwarm struct {
 	bad, parentErrs, parentBusy, steals, unavailable      atomic.Int64
 	hbFailed                                              atomic.Int64
 	waitNanos, xferNanos, emptyRounds, seedPending        atomic.Int64
+	// lastBeat is when the supernode last answered a heartbeat (unix
+	// nanos; 0: never) and beatEvery the interval it asked for (CheckSupernode).
+	lastBeat, beatEvery atomic.Int64
 }
 
 // NewSwarm connects to the supernode (lazily: a supernode that is down is
@@ -198,6 +218,7 @@ func NewSwarm(ctx context.Context, cfg SwarmConfig) (*SupernodeSwarm, error) {
 	if cfg.Store == nil {
 		return nil, fmt.Errorf("swarm: no block store: %w", blockstore.ErrInvalid)
 	}
+	ctx = untraced(ctx) // the swarm's own calls (heartbeats, its loops) join no caller's trace
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -237,11 +258,12 @@ func NewSwarm(ctx context.Context, cfg SwarmConfig) (*SupernodeSwarm, error) {
 	opts = append(slices.Clip(opts), grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
 		return invoker(metadata.AppendToOutgoingContext(ctx, api.HostSecretMetadata, secret), method, req, reply, cc, o...)
 	}))
+	opts = append(opts, cfg.Tracing.GRPCDialOptions()...)
 	conn, err := grpc.NewClient(cfg.Supernode, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("swarm: supernode address %q: %w", cfg.Supernode, err)
 	}
-	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second, Control: receiveBufferControl(cfg.ReceiveBuffer)}
 	tr := &http.Transport{
 		DialContext:         dialer.DialContext,
 		MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: cfg.StallTimeout,
@@ -409,6 +431,9 @@ func (s *SupernodeSwarm) announce(ctx context.Context) (time.Duration, error) {
 		req.UploadsInFlight = inflight
 		req.UploadBytesPerSec = s.uploadRate(served)
 	}
+	if s.cfg.HostStats != nil {
+		req.Stats = s.cfg.HostStats()
+	}
 	if full && s.cfg.UploadAddr != "" {
 		req.Held = s.heldTasks()
 	}
@@ -463,6 +488,8 @@ func (s *SupernodeSwarm) announce(ctx context.Context) (time.Duration, error) {
 	if iv <= 0 {
 		iv = 2 * time.Second
 	}
+	s.beatEvery.Store(int64(iv))
+	s.lastBeat.Store(time.Now().UnixNano())
 	return iv, nil
 }
 
@@ -495,7 +522,7 @@ func (s *SupernodeSwarm) heldTasks() []*api.HeldTask {
 		if err != nil || bm.Count() == 0 {
 			continue
 		}
-		held = append(held, &api.HeldTask{TaskId: t.ID, Bitmap: bm, Url: t.Source, Tag: t.Tag, Etag: t.ETag, Length: t.Length, BlockSize: t.BlockSize})
+		held = append(held, &api.HeldTask{TaskId: t.ID, Bitmap: bm, Url: t.Source, Tag: t.Tag, Etag: t.ETag, Length: t.Length, BlockSize: t.BlockSize, E2E: t.E2E})
 	}
 	return held
 }
@@ -580,6 +607,27 @@ func (s *SupernodeSwarm) Resolve(ctx context.Context, req Request, id string) (b
 		return blockstore.Task{}, err
 	}
 	return meta, nil
+}
+
+// TaskKey implements E2EKeys: the key the supernode gave with the task's
+// token (registering the task first if it is not).
+func (s *SupernodeSwarm) TaskKey(ctx context.Context, req Request, id string) ([]byte, error) {
+	if s.isDown() {
+		return nil, fmt.Errorf("key of task %s: supernode %s is unreachable: %w", id, s.cfg.Supernode, ErrSwarmUnavailable)
+	}
+	st, err := s.task(id, req)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.ensureRegistered(ctx); err != nil {
+		return nil, err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.taskKey) == 0 {
+		return nil, fmt.Errorf("key of task %s: the supernode gave none: %w", id, ErrSwarmUnavailable)
+	}
+	return st.taskKey, nil
 }
 
 // FetchBlock implements Swarm: it gets block idx's parents from the

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/blockhttp"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
@@ -19,6 +21,7 @@ import (
 // fetch gets block idx from the swarm: parents from the cache or a Sync
 // round, then each parent in rank order until one delivers verified bytes.
 func (st *swarmTask) fetch(ctx context.Context, meta blockstore.Task, idx int, pace pacer) ([]byte, From, error) {
+	st.trace.note(ctx)
 	if err := st.ensureRegistered(ctx); err != nil {
 		return nil, 0, err
 	}
@@ -241,7 +244,7 @@ var errBusy = errors.New("parent busy")
 func (st *swarmTask) getBlock(ctx context.Context, p *api.Parent, idx int, size int64, pace pacer) ([]byte, error) {
 	s := st.s
 	began := time.Now()
-	data, err := st.download(ctx, p, idx, size, pace)
+	data, form, err := st.download(ctx, p, idx, size, pace)
 	var storeErr error
 	if err == nil {
 		if perr := s.store.PutBlock(ctx, st.id, idx, data); errors.Is(perr, blockstore.ErrDigestMismatch) {
@@ -288,6 +291,7 @@ func (st *swarmTask) getBlock(ctx context.Context, p *api.Parent, idx int, size 
 	}
 	switch {
 	case err == nil:
+		st.received(idx, data, form) // counts the bytes on the wire, keeps a form (swarm_compress.go)
 		s.mu.Lock()
 		s.byParent[p.GetHostId()] += int64(len(data))
 		s.mu.Unlock()
@@ -315,36 +319,48 @@ func (st *swarmTask) getBlock(ctx context.Context, p *api.Parent, idx int, size 
 // pacer applies the host's download rate limit to n bytes (Engine.wait).
 type pacer func(ctx context.Context, n int64) error
 
-func (st *swarmTask) download(ctx context.Context, p *api.Parent, idx int, size int64, pace pacer) ([]byte, error) {
+func (st *swarmTask) download(ctx context.Context, p *api.Parent, idx int, size int64, pace pacer) (_, form []byte, err error) {
+	ctx, span := st.startBlockSpan(ctx, p, idx)
+	defer func() { telemetry.EndSpan(span, err) }()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	url := fmt.Sprintf("%s://%s/blocks/%s/%d", st.s.cfg.TLS.Scheme(), p.GetUploadAddr(), st.id, idx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	req.Header.Set(api.TokenHeader, st.tokenFor())
+	asked := st.s.cfg.Compress.Ask() // swarm_compress.go
+	if asked {
+		req.Header.Set("Accept-Encoding", blockhttp.EncodingZstd)
+	}
+	injectBlock(ctx, span, req.Header)
+	began := time.Now()
 	resp, err := st.s.http.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusTooManyRequests:
-		return nil, fmt.Errorf("%w: HTTP 429", errBusy)
+		return nil, nil, fmt.Errorf("%w: HTTP 429", errBusy)
 	case http.StatusNotFound:
-		return nil, fmt.Errorf("%w: GET %s: HTTP 404", errNotHeld, url)
+		return nil, nil, fmt.Errorf("%w: GET %s: HTTP 404", errNotHeld, url)
 	default:
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
-		return nil, fmt.Errorf("GET %s: HTTP %d: %s", url, resp.StatusCode, msg)
+		return nil, nil, fmt.Errorf("GET %s: HTTP %d: %s", url, resp.StatusCode, msg)
 	}
-	if resp.ContentLength >= 0 && resp.ContentLength != size {
-		return nil, fmt.Errorf("%w: GET %s: %d bytes, want %d", errBadDigest, url, resp.ContentLength, size)
+	want, encoded, err := bodyLength(resp, asked, size) // size, or a compressed form's
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: GET %s: %w", errBadDigest, url, err)
 	}
 	stall := time.AfterFunc(st.s.cfg.StallTimeout, func() { cancel(errors.New("transfer stalled")) })
 	defer stall.Stop()
 	buf := st.s.buffer(size)
+	if encoded {
+		buf = make([]byte, want)
+	}
 	n := 0
 	for n < len(buf) {
 		m, err := resp.Body.Read(buf[n:])
@@ -352,7 +368,7 @@ func (st *swarmTask) download(ctx context.Context, p *api.Parent, idx int, size 
 		if m > 0 {
 			stall.Stop()                                  // waiting for our own rate limit is not the parent stalling
 			if perr := pace(ctx, int64(m)); perr != nil { // the host's --download-rate
-				return nil, fmt.Errorf("GET %s: download rate limiter: %w", url, perr)
+				return nil, nil, fmt.Errorf("GET %s: download rate limiter: %w", url, perr)
 			}
 			stall.Reset(st.s.cfg.StallTimeout)
 		}
@@ -363,8 +379,12 @@ func (st *swarmTask) download(ctx context.Context, p *api.Parent, idx int, size 
 			if c := context.Cause(ctx); c != nil && ctx.Err() != nil {
 				err = c
 			}
-			return nil, fmt.Errorf("GET %s: after %d of %d bytes: %w", url, n, size, err)
+			return nil, nil, fmt.Errorf("GET %s: after %d of %d bytes: %w", url, n, want, err)
 		}
 	}
-	return buf, nil
+	st.s.cfg.Compress.Transferred(int64(n), time.Since(began))
+	if encoded {
+		return st.decodeForm(buf, size, url)
+	}
+	return buf, nil, nil
 }

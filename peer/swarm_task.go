@@ -47,6 +47,7 @@ type swarmTask struct {
 	registered                bool
 	meta                      blockstore.Task
 	token                     string
+	taskKey                   []byte // of an end-to-end encrypted task (memory only)
 	tokenIssued, tokenExpires time.Time
 	next                      *round         // the next background Sync round
 	nextFg                    *round         // the next foreground Sync round
@@ -67,6 +68,7 @@ type swarmTask struct {
 	seedError                 string
 	rng                       *mrand.Rand
 	loopDone                  chan struct{}
+	trace                     swarmTrace // the trace its Sync rounds carry (trace.go)
 }
 
 func (st *swarmTask) markUnregistered() {
@@ -88,7 +90,7 @@ func (st *swarmTask) register(ctx context.Context) (blockstore.Task, error) {
 	st.regMu.Lock()
 	defer st.regMu.Unlock()
 	s := st.s
-	req := &api.RegisterTaskRequest{HostId: s.cfg.HostID, TaskId: st.id, Url: st.req.URL, Tag: st.req.Tag, Digest: st.req.Digest}
+	req := &api.RegisterTaskRequest{HostId: s.cfg.HostID, TaskId: st.id, Url: st.req.URL, Tag: st.req.Tag, Digest: st.req.Digest, E2E: st.req.E2E}
 	for name, vs := range st.req.Header {
 		for _, v := range vs {
 			req.Headers = append(req.Headers, &api.Header{Name: name, Value: v})
@@ -130,6 +132,11 @@ func (st *swarmTask) register(ctx context.Context) (blockstore.Task, error) {
 		ID: st.id, Source: m.GetUrl(), Length: m.GetLength(), BlockSize: m.GetBlockSize(),
 		Digest: m.GetDigest(), ETag: m.GetEtag(), LastModified: m.GetLastModified(),
 	}
+	if st.req.E2E != m.GetE2E() || st.req.E2E && len(resp.GetTaskKey()) != blockstore.E2EKeySize {
+		return blockstore.Task{}, fmt.Errorf("task %s: asked for end-to-end encryption %v, the supernode answers %v with a %d-byte key (an older supernode?): %w",
+			st.id, st.req.E2E, m.GetE2E(), len(resp.GetTaskKey()), ErrSwarmUnavailable)
+	}
+	meta.E2E = m.GetE2E()
 	if meta.Source == "" {
 		meta.Source = st.req.URL
 	}
@@ -139,6 +146,7 @@ func (st *swarmTask) register(ctx context.Context) (blockstore.Task, error) {
 	}
 	st.mu.Lock()
 	st.registered, st.meta, st.token, st.seedError = true, meta, resp.GetToken(), ""
+	st.taskKey = resp.GetTaskKey()
 	st.tokenIssued, st.tokenExpires = time.Now(), time.Unix(resp.GetTokenExpiresUnix(), 0)
 	st.mu.Unlock()
 	return meta, nil
@@ -357,7 +365,7 @@ func (st *swarmTask) syncRound(want, have []int32, results []*api.BlockResult) e
 		return fmt.Errorf("task %s: %w", st.id, err)
 	}
 	req := &api.SyncRequest{HostId: s.cfg.HostID, TaskId: st.id, Have: have, Results: results, Want: want}
-	resp, err := st.syncRPC(st.ctx, req)
+	resp, err := st.syncRPC(st.trace.round(st.ctx), req)
 	if err != nil {
 		keep()
 		if s.forgotten(err) {

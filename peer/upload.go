@@ -18,6 +18,8 @@ import (
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/internal/blockhttp"
+	"github.com/dfly-p2p/dfly/internal/compress"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
@@ -55,6 +57,15 @@ type UploadConfig struct {
 	// enable it in production (dfdaemon --debug-corrupt-uploads).
 	CorruptUploads bool
 	Logger         *slog.Logger
+	// Tracing makes a server span for each block request that carries a
+	// trace context (peers send one for sampled blocks only); nil: off.
+	Tracing *telemetry.Tracing
+	// Metrics, if set, counts uploaded bytes, uploads in flight, refused
+	// requests and the time uploads waited for the Rate limiter.
+	Metrics *Metrics
+	// Compress serves the compressed forms this host keeps to requesters
+	// that ask for them (Accept-Encoding: zstd); nil: plain blocks only.
+	Compress *compress.Host
 }
 
 // UploadStats are the upload server's counters.
@@ -70,7 +81,7 @@ type UploadStats struct {
 // UploadServer serves verified blocks of a store to other peers.
 type UploadServer struct {
 	cfg     UploadConfig
-	limiter *rate.Limiter // nil = unlimited
+	limiter atomic.Pointer[rate.Limiter] // nil = unlimited; SetRate changes it
 	burst   int
 	log     *slog.Logger
 
@@ -95,10 +106,15 @@ func NewUploadServer(cfg UploadConfig) *UploadServer {
 		// A burst of 1/20 s of the rate (at least 16 KiB, at most 256 KiB)
 		// keeps the shaping smooth without costing a wake-up per packet.
 		u.burst = int(min(max(cfg.Rate/20, 16<<10), 256<<10))
-		u.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), u.burst)
+		u.limiter.Store(rate.NewLimiter(rate.Limit(cfg.Rate), u.burst))
 	}
 	return u
 }
+
+// SetRate changes the host's upload limit (UploadConfig.Rate) while the
+// server runs: bytes/s, 0 = unlimited. The flow controller (internal/flow,
+// dfdaemon --flow auto) calls it.
+func (u *UploadServer) SetRate(bps int64) { setLimit(&u.limiter, bps, u.burst) }
 
 // Stats returns the server's counters.
 func (u *UploadServer) Stats() UploadStats {
@@ -154,27 +170,38 @@ func (u *UploadServer) checkToken(task, token string) error {
 // ServeHTTP implements the block endpoint.
 func (u *UploadServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		u.cfg.Metrics.uploadRejected(rejectOther)
 		http.Error(w, "only GET and HEAD", http.StatusMethodNotAllowed)
 		return
 	}
 	task, idx, ok := parseBlockPath(r.URL.Path)
 	if !ok {
+		u.cfg.Metrics.uploadRejected(rejectOther)
 		http.Error(w, "want /blocks/{task}/{index}", http.StatusNotFound)
 		return
 	}
+	w, r, end := u.cfg.Tracing.HTTPServerSpan(w, r, "peer.upload_block", true, blockAttrs(task, idx)...)
+	defer end()
 	if err := u.checkToken(task, r.Header.Get(api.TokenHeader)); err != nil {
 		u.forbidden.Add(1)
+		u.cfg.Metrics.uploadRejected(rejectToken)
 		http.Error(w, "refused: "+err.Error(), http.StatusForbidden)
 		return
 	}
 	if n := u.inflight.Add(1); int(n) > u.cfg.MaxUploads {
 		u.inflight.Add(-1)
 		u.busy.Add(1)
+		u.cfg.Metrics.uploadRejected(rejectBusy)
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "too many uploads in flight", http.StatusTooManyRequests)
 		return
 	}
 	defer u.inflight.Add(-1)
+	u.cfg.Metrics.uploadStarted()
+	defer u.cfg.Metrics.uploadEnded()
+	if u.serveForm(w, r, task, idx) { // a compressed form, when asked for and kept (upload_compress.go)
+		return
+	}
 
 	var body io.Reader
 	var n int64
@@ -200,7 +227,11 @@ func (u *UploadServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The store checked these bytes against this digest (when it stored or
 	// first read them): no need to hash them again for every upload.
 	sum, _ := u.cfg.Store.BlockDigest(task, idx)
-	p := blockhttp.Pacer{Limiter: u.limiter, Chunk: u.burst, Served: &u.bytes}
+	p := blockhttp.Pacer{Limiter: u.limiter.Load(), Chunk: u.burst, Served: &u.bytes}
+	if m := u.cfg.Metrics; m != nil {
+		p.Sent = m.uploaded
+		p.Waited = func(d time.Duration) { m.waited(limiterUpload, d) }
+	}
 	if err := blockhttp.Send(r.Context(), w, r, body, n, sum, p); err != nil {
 		u.log.Debug("upload cut short", "task", task, "block", idx, "err", err)
 		return
@@ -211,6 +242,7 @@ func (u *UploadServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // refuse answers a request for a block the store cannot serve.
 func (u *UploadServer) refuse(w http.ResponseWriter, err error) {
 	u.notFound.Add(1)
+	u.cfg.Metrics.uploadRejected(rejectOther)
 	if errors.Is(err, blockstore.ErrNotFound) || errors.Is(err, blockstore.ErrCorrupt) {
 		http.Error(w, "block not held", http.StatusNotFound)
 	} else {

@@ -157,6 +157,7 @@ func (a *accusations) fetchIsBad(k accusation) (bool, error) {
 	}
 	tok, _ := a.sn.IssueToken(k.task, a.sn.cfg.SeedID)
 	req.Header.Set(api.TokenHeader, tok)
+	asked := a.sn.comp.ask(req) // check compressed answers too (compress.go)
 	resp, err := a.http.Do(req)
 	if err != nil {
 		return false, fmt.Errorf("fetch the block from the parent: %w", err)
@@ -175,6 +176,9 @@ func (a *accusations) fetchIsBad(k accusation) (bool, error) {
 		return false, fmt.Errorf("task forgotten")
 	}
 	n := info.BlockLen(k.block)
+	if resp.Header.Get("Content-Encoding") != "" {
+		return a.sn.comp.formIsBad(resp, asked, n, want)
+	}
 	hsum := sha256.New()
 	got, err := io.Copy(hsum, io.LimitReader(resp.Body, n+1))
 	if err != nil {

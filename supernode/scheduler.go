@@ -219,6 +219,9 @@ type Scheduler struct {
 	norm     float64
 	normAt   time.Time
 	normDirt bool
+	// withheld counts the blocks Assign withheld for a closer copy on its
+	// way (see DedupTTL), ever (read by Counts).
+	withheld uint64
 }
 
 // NewScheduler returns an empty scheduler.

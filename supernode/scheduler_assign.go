@@ -141,6 +141,7 @@ func (s *Scheduler) Assign(taskID, requester string, wants []int, ok func(block 
 			continue
 		}
 		if s.waitLocalLocked(t, r, b, cands[0], now) {
+			s.withheld++
 			continue // a closer copy is on its way (bounded by DedupTTL)
 		}
 		if s.crossFullLocked(t, r, cands[0], now) {
@@ -159,7 +160,14 @@ func (s *Scheduler) Assign(taskID, requester string, wants []int, ok func(block 
 			break
 		}
 		cands, holders := s.rankLocked(t, r, b, norm, now) // loads changed since the first pass
-		if len(cands) > 0 && !s.waitLocalLocked(t, r, b, cands[0], now) && !s.crossFullLocked(t, r, cands[0], now) {
+		if len(cands) == 0 {
+			continue
+		}
+		if s.waitLocalLocked(t, r, b, cands[0], now) {
+			s.withheld++
+			continue
+		}
+		if !s.crossFullLocked(t, r, cands[0], now) {
 			take(b, cands, holders)
 		}
 	}

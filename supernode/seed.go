@@ -13,8 +13,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 )
 
 // SeedRequest asks the seed for a task.
@@ -26,6 +29,19 @@ type SeedRequest struct {
 	// never stored, logged, or kept once the task's run ends.
 	Header http.Header
 	Digest string // whole-content digest declared by the requester, "" if unknown
+	// E2E: the end-to-end encrypted representation (TaskID is
+	// blockstore.E2ETaskID(PlainID)); the seed encrypts every block it stores.
+	E2E     bool
+	PlainID string
+}
+
+// contentID is the id the content itself is named by (the plain one of an
+// end-to-end encrypted task): a content-addressed one carries the digest.
+func (r SeedRequest) contentID() string {
+	if r.E2E {
+		return r.PlainID
+	}
+	return r.TaskID
 }
 
 // SeedConfig configures a Seed.
@@ -43,6 +59,8 @@ type SeedConfig struct {
 	// (default 1s: a task registered by many hosts at once costs its origin
 	// one conditional HEAD). Content-addressed tasks are never revalidated.
 	RevalidateAfter time.Duration
+	// Metrics counts the seed's cache results (nil: not counted).
+	Metrics *Metrics
 	// OnMeta is called once a task's metadata is known, with the blocks the
 	// seed already holds. OnBlock is called for each block stored afterwards.
 	// OnReset is called when the origin's content changed: the seed dropped
@@ -54,7 +72,19 @@ type SeedConfig struct {
 	// OnDropped is called with blocks the seed's store no longer holds
 	// (found corrupt); they are fetched again.
 	OnDropped func(taskID string, blocks []int)
-	Logger    *slog.Logger
+	// BeforeAnnounce, if set, is called with each block stored from the
+	// origin (not of end-to-end encrypted tasks: ciphertext does not
+	// compress), before the block is announced: the compression trial
+	// (compress.go), bounded in time. data must not be kept.
+	BeforeAnnounce func(ctx context.Context, taskID string, idx int, data []byte)
+	Logger         *slog.Logger
+	// Tracing traces seed runs ("seed.fetch", children of or linked to the
+	// registration that needed them) and their sampled origin Range
+	// requests (seed_trace.go); nil: off.
+	Tracing *telemetry.Tracing
+	// E2ESecret is the secret the keys of end-to-end encrypted tasks derive
+	// from (see e2e.go); without it the seed refuses such tasks.
+	E2ESecret []byte
 }
 
 // Seed fetches tasks from their origins into the supernode's store, streaming:
@@ -71,6 +101,7 @@ type Seed struct {
 	tasks map[string]*seedTask
 
 	bytesOrigin atomic.Int64
+	keys        *e2eKeys // nil: no end-to-end encrypted tasks
 }
 
 // Seed task states.
@@ -102,6 +133,8 @@ type seedTask struct {
 	cursor    int
 	changed   chan struct{} // closed and replaced whenever a block is stored
 	fromOrig  int64
+	e2e       *blockstore.E2E // the cipher of an end-to-end encrypted task (set before its blocks are fetched)
+	span      trace.Span      // the run's "seed.fetch" span (seed_trace.go), set before the run starts
 }
 
 // NewSeed returns a seed; Close stops its work.
@@ -131,7 +164,11 @@ func NewSeed(cfg SeedConfig) *Seed {
 		cfg.OnReset = func(string) {}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Seed{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel, tasks: map[string]*seedTask{}}
+	s := &Seed{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel, tasks: map[string]*seedTask{}}
+	if len(cfg.E2ESecret) > 0 {
+		s.keys = newE2EKeys(cfg.E2ESecret)
+	}
+	return s
 }
 
 // Close cancels every fetch and waits for them to end.
@@ -150,7 +187,7 @@ func (s *Seed) BytesFromOrigin() int64 { return s.bytesOrigin.Load() }
 // returns the metadata; a seed failure is returned as an error that
 // explains it.
 func (s *Seed) Ensure(ctx context.Context, req SeedRequest) (blockstore.Task, error) {
-	st := s.start(req, true)
+	st := s.start(ctx, req, true)
 	select {
 	case <-st.ready:
 	case <-ctx.Done():
@@ -164,11 +201,17 @@ func (s *Seed) Ensure(ctx context.Context, req SeedRequest) (blockstore.Task, er
 // start returns the task's seed run, starting a new one when there is none
 // or the current one must be redone (see restart). register is set for
 // registrations (Ensure), which may revalidate a complete task.
-func (s *Seed) start(req SeedRequest, register bool) *seedTask {
+// ctx only brings the trace of the registration: a new run's span is its
+// child, a run under way is linked to it.
+func (s *Seed) start(ctx context.Context, req SeedRequest, register bool) *seedTask {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	prev, known := s.tasks[req.TaskID]
 	if known && !s.restart(prev, req, register) {
+		if register {
+			s.cfg.Metrics.seedCached(cacheHit) // its copy, or its run under way
+		}
+		linkRun(ctx, prev)
 		return prev
 	}
 	st := &seedTask{req: req, state: SeedResolving, ready: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{})}
@@ -189,15 +232,19 @@ func (s *Seed) start(req SeedRequest, register bool) *seedTask {
 	} else {
 		s.log.Info("seeding task", "task", req.TaskID, "url", req.URL)
 	}
+	rctx, span := s.startRunSpan(ctx, req)
+	st.span = span
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer close(st.done)
 		defer st.forgetCredentials()
-		if err := s.run(st); err != nil {
+		err := s.run(rctx, st)
+		if err != nil {
 			s.log.Warn("seed failed", "task", req.TaskID, "url", req.URL, "err", err)
 			st.fail(err)
 		}
+		telemetry.EndSpan(span, err)
 	}()
 	return st
 }
@@ -224,7 +271,7 @@ func (s *Seed) restart(st *seedTask, req SeedRequest, register bool) bool {
 		if errors.Is(err, blockstore.ErrNotFound) || len(missing) > 0 {
 			return true
 		}
-		if _, ok := digestOfTaskID(req.TaskID); ok || !register || (st.meta.Private && !creds) {
+		if _, ok := digestOfTaskID(req.contentID()); ok || !register || (st.meta.Private && !creds) {
 			return false
 		}
 		return time.Since(st.validated) >= s.cfg.RevalidateAfter
@@ -290,11 +337,13 @@ func (s *Seed) lookup(taskID string) *seedTask {
 // registration that brings some. It does not wait.
 func (s *Seed) Resume(taskID, url string) {
 	if st := s.lookup(taskID); st != nil {
-		s.start(st.request(), false)
+		s.start(context.Background(), st.request(), false)
 		return
 	}
 	if url != "" {
-		s.start(SeedRequest{TaskID: taskID, URL: url}, false)
+		// (An end-to-end id resumes only a copy the seed's store holds:
+		// see resolve.)
+		s.start(context.Background(), SeedRequest{TaskID: taskID, URL: url, E2E: blockstore.IsE2ETaskID(taskID)}, false)
 	}
 }
 
@@ -454,10 +503,9 @@ func (s *Seed) TaskState(taskID string) (state string, stored, total int) {
 }
 
 // run resolves the task (stat or revalidate), then fetches its missing blocks.
-func (s *Seed) run(st *seedTask) error {
-	ctx := s.ctx
+func (s *Seed) run(ctx context.Context, st *seedTask) error {
 	req := st.request()
-	r, err := s.resolve(ctx, req)
+	r, err := s.resolveCounted(ctx, req)
 	if err != nil {
 		return err
 	}
@@ -473,7 +521,14 @@ func (s *Seed) run(st *seedTask) error {
 	if err != nil {
 		return fmt.Errorf("seed task %s: read its blocks in the seed's store: %w", meta.ID, err)
 	}
+	var x *blockstore.E2E
+	if meta.E2E {
+		if x, err = s.e2eCipher(meta); err != nil {
+			return err
+		}
+	}
 	st.mu.Lock()
+	st.e2e = x
 	st.meta = meta
 	st.claimed = have.Clone()
 	st.validated = r.validated
@@ -533,7 +588,7 @@ func (s *Seed) fetchAndVerify(ctx context.Context, st *seedTask, req SeedRequest
 			refetch(missing)
 			continue
 		}
-		done, err := store.VerifyAndComplete(ctx, meta.ID, nil)
+		done, err := s.verifyAndComplete(ctx, st, meta.ID)
 		if (errors.Is(err, blockstore.ErrNotFound) || errors.Is(err, blockstore.ErrIncomplete)) && attempt < 2 {
 			continue // a block was dropped while verifying: fetch it again
 		}
@@ -607,7 +662,7 @@ func (s *Seed) fetchAll(ctx context.Context, st *seedTask, req SeedRequest, meta
 					return
 				}
 				off, n := int64(b)*meta.BlockSize, meta.BlockLen(b)
-				data, err := s.cfg.Source.ReadRange(ctx, url, req.Header, off, n)
+				data, err := s.readRange(ctx, b, url, req.Header, off, n)
 				if errors.Is(err, source.ErrRangeIgnored) {
 					rangeIgnored.Store(true)
 					cancel(err)
@@ -635,9 +690,20 @@ func (s *Seed) fetchAll(ctx context.Context, st *seedTask, req SeedRequest, meta
 	return nil
 }
 
+// putBlock stores block b, fetched from the origin into data (which it may
+// encrypt in place: data is the caller's own buffer).
 func (s *Seed) putBlock(ctx context.Context, st *seedTask, id string, b int, data []byte) error {
+	st.mu.Lock()
+	x := st.e2e
+	st.mu.Unlock()
+	if x != nil {
+		x.XOR(b, data, data) // encrypted once, here; every host stores and relays this
+	}
 	if err := s.cfg.Store.PutBlock(ctx, id, b, data); err != nil {
 		return fmt.Errorf("seed task %s: store block %d: %w", id, b, err)
+	}
+	if x == nil && s.cfg.BeforeAnnounce != nil {
+		s.cfg.BeforeAnnounce(ctx, id, b, data)
 	}
 	st.stored(int64(len(data)))
 	s.cfg.OnBlock(id, b)

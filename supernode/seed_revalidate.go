@@ -37,7 +37,10 @@ type resolved struct {
 func (s *Seed) resolve(ctx context.Context, req SeedRequest) (resolved, error) {
 	store := s.cfg.Store
 	addressed := false
-	if d, ok := digestOfTaskID(req.TaskID); ok {
+	if req.E2E != blockstore.IsE2ETaskID(req.TaskID) || req.E2E && req.PlainID != "" && blockstore.E2ETaskID(req.PlainID) != req.TaskID {
+		return resolved{}, fmt.Errorf("seed task %s: the id is not the (end-to-end: %v) id of this request: %w", req.TaskID, req.E2E, blockstore.ErrInvalid)
+	}
+	if d, ok := digestOfTaskID(req.contentID()); ok {
 		addressed = true
 		if req.Digest == "" {
 			req.Digest = d
@@ -48,6 +51,14 @@ func (s *Seed) resolve(ctx context.Context, req SeedRequest) (resolved, error) {
 	}
 	creds := source.Sensitive(req.Header)
 	cached, err := store.Task(req.TaskID)
+	if errors.Is(err, blockstore.ErrNotFound) && req.E2E && req.PlainID == "" {
+		// Resumed from peers' announcements: which content the id names
+		// is known only from a registration, which carries it.
+		return resolved{}, fmt.Errorf("seed task %s: end-to-end encrypted task not in the seed's store; a host registering it starts it: %w", req.TaskID, blockstore.ErrNotFound)
+	}
+	if err == nil && cached.E2E != req.E2E {
+		return resolved{}, fmt.Errorf("seed task %s: stored with end-to-end encryption %v, requested %v: %w", req.TaskID, cached.E2E, req.E2E, blockstore.ErrInvalid)
+	}
 	if errors.Is(err, blockstore.ErrNotFound) {
 		info, err := s.cfg.Source.Stat(ctx, req.URL, req.Header)
 		if err != nil {
@@ -147,10 +158,20 @@ func (s *Seed) create(ctx context.Context, req SeedRequest, info source.Info) (b
 		digest = info.Digest
 	}
 	creds := source.Sensitive(req.Header)
-	t, err := s.cfg.Store.CreateTask(ctx, blockstore.Task{
+	t := blockstore.Task{
 		ID: req.TaskID, Source: req.URL, Length: info.Length, Digest: digest,
 		ETag: info.ETag, LastModified: info.LastModified, Private: creds,
-	})
+	}
+	if req.E2E {
+		if s.keys == nil {
+			return blockstore.Task{}, fmt.Errorf("seed task %s: this seed has no secret for end-to-end encrypted tasks: %w", req.TaskID, blockstore.ErrE2EKey)
+		}
+		var err error
+		if t, err = s.keys.withE2E(t); err != nil {
+			return blockstore.Task{}, fmt.Errorf("seed task %s: %w", req.TaskID, err)
+		}
+	}
+	t, err := s.cfg.Store.CreateTask(ctx, t)
 	if err != nil {
 		return blockstore.Task{}, fmt.Errorf("seed task %s: create it in the store: %w", req.TaskID, err)
 	}

@@ -38,6 +38,7 @@ func (v *service) Announce(_ context.Context, req *api.AnnounceRequest) (*api.An
 	sched := v.sn.sched
 	sched.UpsertHost(HostInfo{ID: h.GetId(), UploadAddr: h.GetUploadAddr(), IDC: h.GetIdc(), Rack: h.GetRack(), Capacity: h.GetUploadCapacity()},
 		int(req.GetUploadsInFlight()))
+	v.sn.status.report(h, req.GetStats())
 	for _, held := range req.GetHeld() {
 		v.applyHeld(h.GetId(), held)
 	}
@@ -79,7 +80,16 @@ func digestOfID(id string) (string, bool) {
 func (v *service) applyHeld(hostID string, held *api.HeldTask) {
 	sched := v.sn.sched
 	id := held.GetTaskId()
-	if !consistentID(id, held.GetUrl(), held.GetTag()) {
+	if held.GetE2E() {
+		// An end-to-end id derives from the plain one, which a digest-named
+		// holding does not carry: such a holding counts only for a task the
+		// supernode knows (registered with its digest since it started).
+		plain, err := blockstore.TaskIDForURL(held.GetUrl(), held.GetTag(), "")
+		if _, known := sched.Task(id); (err != nil || blockstore.E2ETaskID(plain) != id) && !known {
+			v.sn.log.Debug("host announced an end-to-end encrypted task not registered since the supernode started; ignored until it is", "host", hostID, "task", id)
+			return
+		}
+	} else if !consistentID(id, held.GetUrl(), held.GetTag()) {
 		v.sn.log.Warn("host announced a task whose id does not match its URL; ignored", "host", hostID, "task", id)
 		return
 	}
@@ -125,8 +135,22 @@ func (v *service) RegisterTask(ctx context.Context, req *api.RegisterTaskRequest
 	if req.GetUrl() == "" {
 		return nil, status.Error(codes.InvalidArgument, "register task: url is required (the seed fetches it from there)")
 	}
-	// The id always names the content (see blockstore.TaskIDFor).
-	id, err := blockstore.TaskIDFor(req.GetTaskId(), req.GetUrl(), req.GetTag(), req.GetDigest())
+	// The id always names the content (see blockstore.TaskIDFor), and says
+	// whether it is the end-to-end encrypted representation.
+	plainID, err := blockstore.TaskIDFor("", req.GetUrl(), req.GetTag(), req.GetDigest())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "register task: %v", err)
+	}
+	var id string
+	if req.GetE2E() {
+		id, err = blockstore.TaskIDForE2E(req.GetTaskId(), req.GetUrl(), req.GetTag(), req.GetDigest())
+		if err == nil && id != blockstore.E2ETaskID(plainID) {
+			// Named by its digest while the URL derives another id.
+			plainID, err = blockstore.TaskIDForDigest(req.GetDigest())
+		}
+	} else {
+		id, err = blockstore.TaskIDFor(req.GetTaskId(), req.GetUrl(), req.GetTag(), req.GetDigest())
+	}
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "register task: %v", err)
 	}
@@ -134,7 +158,11 @@ func (v *service) RegisterTask(ctx context.Context, req *api.RegisterTaskRequest
 	for _, h := range req.GetHeaders() {
 		hdr.Add(h.GetName(), h.GetValue())
 	}
-	meta, err := v.sn.seed.Ensure(ctx, SeedRequest{TaskID: id, URL: req.GetUrl(), Header: hdr, Digest: req.GetDigest()})
+	sreq := SeedRequest{TaskID: id, URL: req.GetUrl(), Header: hdr, Digest: req.GetDigest()}
+	if req.GetE2E() {
+		sreq.E2E, sreq.PlainID = true, plainID
+	}
+	meta, err := v.sn.seed.Ensure(ctx, sreq)
 	if ctx.Err() != nil {
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
@@ -158,7 +186,16 @@ func (v *service) RegisterTask(ctx context.Context, req *api.RegisterTaskRequest
 		resp.Token, exp = v.sn.IssueToken(id, req.GetHostId())
 		resp.TokenExpiresUnix = exp.Unix()
 		resp.Meta = &api.TaskMeta{TaskId: id, Length: meta.Length, BlockSize: meta.BlockSize, Digest: meta.Digest,
-			Etag: meta.ETag, LastModified: meta.LastModified, Url: req.GetUrl()}
+			Etag: meta.ETag, LastModified: meta.LastModified, Url: req.GetUrl(), E2E: meta.E2E}
+		if meta.E2E {
+			// The key goes with the token, to whom the token goes.
+			key, kerr := v.sn.seed.TaskKey(meta)
+			if kerr != nil {
+				v.sn.log.Error("no key for an end-to-end encrypted task", "task", id, "err", kerr)
+				return nil, status.Errorf(codes.Internal, "register task %s: %v", id, kerr)
+			}
+			resp.TaskKey = key
+		}
 		if _, known := v.sn.sched.Task(id); !known {
 			// Forgotten while idle: register it again with the seed's blocks.
 			v.sn.registerSeedHolding(meta)
@@ -230,6 +267,8 @@ func (v *service) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncResp
 	if err := v.ensureHost(req.GetHostId()); err != nil {
 		return nil, err
 	}
+	began, waited := time.Now(), time.Duration(0) // scheduling time = all but the waits for the seed
+	defer func() { v.sn.cfg.Metrics.observeSync(time.Since(began) - waited) }()
 	id, hostID := req.GetTaskId(), req.GetHostId()
 	sched, seed := v.sn.sched, v.sn.seed
 	info, ok := sched.Task(id)
@@ -246,7 +285,7 @@ func (v *service) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncResp
 	// ago, or lost blocks: (re)start seeding so that digests become known.
 	seed.Resume(id, info.URL)
 	wctx, cancel := context.WithTimeout(ctx, v.sn.cfg.SyncWait)
-	seed.WaitReady(wctx, id)
+	waited += timed(func() { seed.WaitReady(wctx, id) })
 	cancel()
 	if len(req.GetResults()) > 0 {
 		results := make([]Result, 0, len(req.GetResults()))
@@ -290,7 +329,7 @@ func (v *service) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncResp
 	if len(resp.Assignments) == 0 && len(pending) > 0 {
 		// Nothing to do yet: wait (bounded) for the seed to store a wanted block.
 		wctx, cancel := context.WithTimeout(ctx, v.sn.cfg.SyncWait)
-		seed.WaitBlocks(wctx, id, pending)
+		waited += timed(func() { seed.WaitBlocks(wctx, id, pending) })
 		cancel()
 		resp = &api.SyncResponse{}
 		pending = seed.Prioritize(id, wants)
@@ -330,6 +369,7 @@ func (v *service) answerWants(id, hostID string, wants []int, limit int, resp *a
 		}
 		return status.Errorf(codes.FailedPrecondition, "sync: %v", err)
 	}
+	v.sn.cfg.Metrics.assigned(as)
 	for _, a := range as {
 		pa := &api.Assignment{Block: int32(a.Block), Holders: int32(a.Holders)}
 		for _, p := range a.Parents {
@@ -352,6 +392,7 @@ func (v *service) Leave(_ context.Context, req *api.LeaveRequest) (*api.LeaveRes
 	if req.GetTaskId() == "" {
 		v.sn.auth.forget(req.GetHostId())
 		v.sn.grants.forget(req.GetHostId())
+		v.sn.status.leave(req.GetHostId())
 	}
 	return &api.LeaveResponse{}, nil
 }

@@ -24,7 +24,9 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/compress"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/internal/tlsconf"
 	"github.com/dfly-p2p/dfly/supernode/api"
 	"github.com/dfly-p2p/dfly/supernode/preheat"
@@ -83,6 +85,9 @@ type Config struct {
 	APIListen string
 	// Source overrides the origin client.
 	Source *source.Client
+	// Metrics records the supernode's Prometheus metrics (NewMetrics);
+	// nil: none.
+	Metrics *Metrics
 	// TLS secures the swarm's links (nil = plain TCP): the gRPC control
 	// plane and the seed's upload server serve TLS with its certificate
 	// (requiring client certificates with ClientAuth), and the supernode's
@@ -90,6 +95,16 @@ type Config struct {
 	// or none. It needs a certificate.
 	TLS    *tlsconf.Reloader
 	Logger *slog.Logger
+	// Tracing traces the gRPC calls that arrive inside a trace, the seed's
+	// origin fetches and the upload server's sampled blocks
+	// (docs/tracing.md); nil: off.
+	Tracing *telemetry.Tracing
+	// Compress is the seed's compression (supernode --compress, see
+	// compress.go): Auto tries every stored block while the supernode is
+	// not loaded, Always regardless; forms are kept in StoreDir/compressed
+	// (at most a quarter of Quota) and served to peers that ask. Off (the
+	// zero value): plain blocks only.
+	Compress compress.Mode
 }
 
 // Supernode is a running supernode.
@@ -111,9 +126,14 @@ type Supernode struct {
 	// apiLn and apiSrv serve api on Config.APIListen (nil without one).
 	apiLn  net.Listener
 	apiSrv *http.Server
+	// status keeps the hosts' reports for GET /api/v1/status (status.go).
+	status *statusBook
+	// comp is the seed's compression (compress.go); nil when off.
+	comp *seedCompression
 
 	grpcLn, upLn net.Listener
 	grpcSrv      *grpc.Server
+	grpcDone     chan struct{} // closed when the gRPC server stopped serving
 	httpSrv      *http.Server
 
 	stop      chan struct{}
@@ -147,7 +167,7 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	if cfg.Source == nil {
 		cfg.Source = source.New(source.Options{Logger: cfg.Logger})
 	}
-	s := &Supernode{cfg: cfg, log: cfg.Logger, stop: make(chan struct{})}
+	s := &Supernode{cfg: cfg, log: cfg.Logger, stop: make(chan struct{}), grpcDone: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			s.closeResources()
@@ -171,7 +191,7 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	if s.grpcLn, err = net.Listen("tcp", cfg.GRPCListen); err != nil {
 		return nil, fmt.Errorf("supernode: listen for gRPC on %s (--listen): %w", cfg.GRPCListen, err)
 	}
-	var grpcOpts []grpc.ServerOption
+	grpcOpts := cfg.Tracing.GRPCServerOptions()
 	if cfg.TLS != nil {
 		if !cfg.TLS.HasCertificate() {
 			return nil, fmt.Errorf("supernode: TLS without a certificate: pass --tls-cert and --tls-key: %w", tlsconf.ErrNoCertificate)
@@ -187,16 +207,22 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	sc := s.sched.Config()
 	s.auth = newHostAuth(time.Duration(sc.MissedHeartbeats)*sc.HeartbeatInterval, sc.Now)
 	s.grants = newGrants()
+	if err := s.startCompression(); err != nil {
+		return nil, fmt.Errorf("supernode: %w", err)
+	}
 	s.seed = NewSeed(SeedConfig{
-		Store: s.store, Source: cfg.Source, Concurrency: cfg.SeedConcurrency, Logger: cfg.Logger, RevalidateAfter: cfg.SeedRevalidateAfter,
+		Store: s.store, Source: cfg.Source, Concurrency: cfg.SeedConcurrency, Logger: cfg.Logger, RevalidateAfter: cfg.SeedRevalidateAfter, BeforeAnnounce: s.comp.stored,
+		Metrics:   cfg.Metrics,
+		Tracing:   cfg.Tracing,
 		OnMeta:    s.setSeedHolding,
 		OnBlock:   func(id string, idx int) { _ = s.sched.AddBlocks(id, s.cfg.SeedID, []int{idx}) },
 		OnReset:   func(id string) { s.sched.ForgetTask(id) },
 		OnDropped: func(id string, blocks []int) { s.sched.RemoveBlocks(id, s.cfg.SeedID, blocks) },
+		E2ESecret: key,
 	})
 	s.announceSeed()
 
-	s.upload = NewUploadServer(UploadConfig{Store: s.store, TokenKeys: []ed25519.PublicKey{s.TokenPublicKey()}, Rate: cfg.UploadRate, MaxUploads: cfg.MaxUploads, Logger: cfg.Logger,
+	s.upload = NewUploadServer(UploadConfig{Store: s.store, TokenKeys: []ed25519.PublicKey{s.TokenPublicKey()}, Rate: cfg.UploadRate, MaxUploads: cfg.MaxUploads, Logger: cfg.Logger, Tracing: cfg.Tracing, Compress: s.comp.Host(),
 		OnCorrupt: func(id string, idx int) {
 			s.sched.RemoveBlocks(id, s.cfg.SeedID, []int{idx})
 			s.seed.Resume(id, "")
@@ -205,6 +231,7 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	if err := s.startPreheat(adminToken); err != nil {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
+	s.mountStatus(adminToken)
 	if err := s.listenAPI(); err != nil {
 		return nil, fmt.Errorf("supernode: %w", err)
 	}
@@ -212,6 +239,7 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	s.checks = newAccusations(s)
 	s.grpcSrv = grpc.NewServer(append(grpcOpts, grpc.UnaryInterceptor(s.auth.interceptor))...)
 	api.RegisterSchedulerServer(s.grpcSrv, &service{sn: s})
+	cfg.Metrics.attach(liveSource{store: s.store, sched: s.sched, seed: s.seed, upload: s.upload, preheat: s.preheat})
 
 	s.wg.Add(3)
 	go func() {
@@ -231,6 +259,7 @@ func Start(cfg Config) (_ *Supernode, err error) {
 	}
 	go func() {
 		defer s.wg.Done()
+		defer close(s.grpcDone)
 		if err := s.grpcSrv.Serve(s.grpcLn); err != nil {
 			s.log.Error("gRPC server stopped", "err", err)
 		}
@@ -380,6 +409,7 @@ func (s *Supernode) closeResources() error {
 	if s.seed != nil {
 		s.seed.Close()
 	}
+	s.comp.close() // after the seed: its fetches wait on the trials
 	for _, ln := range []net.Listener{s.grpcLn, s.upLn, s.apiLn} {
 		if ln != nil {
 			ln.Close()
@@ -400,6 +430,8 @@ type State struct {
 	Seed      SeedState        `json:"seed"`
 	Upload    UploadStats      `json:"upload"`
 	Store     blockstore.Stats `json:"store"`
+	// Compression: the seed's trials and forms (compress.go); absent when off.
+	Compression *compress.CompressorStats `json:"compression,omitempty"`
 }
 
 // SeedState is the seed's part of State.
@@ -420,6 +452,7 @@ func (s *Supernode) State() State {
 		Upload:    s.upload.Stats(),
 		Store:     s.store.Stats(),
 	}
+	st.Compression = s.comp.Stats()
 	for i := range st.Scheduler.Hosts {
 		if st.Scheduler.Hosts[i].ID == s.cfg.SeedID {
 			st.Scheduler.Hosts[i].BytesServed = st.Upload.BytesServed

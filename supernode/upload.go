@@ -9,10 +9,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"golang.org/x/time/rate"
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/internal/blockhttp"
+	"github.com/dfly-p2p/dfly/internal/compress"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/supernode/api"
 )
 
@@ -29,6 +32,13 @@ type UploadConfig struct {
 	// being read (the store has dropped it).
 	OnCorrupt func(taskID string, idx int)
 	Logger    *slog.Logger
+	// Tracing makes a server span for each block request that carries a
+	// trace context (peers send one for sampled blocks only); nil: off.
+	Tracing *telemetry.Tracing
+	// Compress answers requests that ask for zstd with the block's
+	// compressed form when the seed keeps one (upload_compress.go); nil:
+	// plain blocks only.
+	Compress *compress.Host
 }
 
 // UploadServer serves blocks of the supernode's store over HTTP:
@@ -99,6 +109,8 @@ func (u *UploadServer) Stats() UploadStats {
 
 func (u *UploadServer) serveBlock(w http.ResponseWriter, r *http.Request) {
 	u.requests.Add(1)
+	w, r, end := u.cfg.Tracing.HTTPServerSpan(w, r, "seed.upload_block", true, attribute.String("dfly.task_id", r.PathValue("task")))
+	defer end()
 	id := r.PathValue("task")
 	idx, err := strconv.Atoi(r.PathValue("index"))
 	if err != nil || idx < 0 {
@@ -118,6 +130,9 @@ func (u *UploadServer) serveBlock(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer u.inFlight.Add(-1)
+	if u.serveForm(w, r, id, idx) { // a compressed form, when asked for and kept (upload_compress.go)
+		return
+	}
 	f, n, err := u.cfg.Store.OpenBlock(id, idx) // verified; a corrupt block is dropped
 	if err != nil {
 		if !errors.Is(err, blockstore.ErrNotFound) {

@@ -35,6 +35,10 @@ const usage = `usage:
                                         preheat content into the supernode's seed (and onto hosts);
                                         also: dfctl preheat list | status ID | cancel ID
                                         (see "dfctl preheat --help")
+  dfctl status [--supernode URL] [--window 5m] [--json]
+                                        is P2P working? This host (via its dfdaemon's --sock) or, with
+                                        --supernode, the whole swarm, in plain words; exit 1 when
+                                        degraded or not working (see "dfctl status --help")
 
 Exit codes: 0 ok, 1 failure, 2 bad flags or arguments.
 
@@ -51,6 +55,9 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "preheat" {
 		return runPreheat(ctx, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "status" {
+		return runStatus(ctx, args[1:], stdout, stderr)
 	}
 	fset := pflag.NewFlagSet("dfctl", pflag.ContinueOnError)
 	fset.SetOutput(stderr)
@@ -94,6 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
+		_, _ = fmt.Fprintf(stderr, "dfctl: %v (see dfctl --help)\n", err)
 		return 2
 	}
 	a := fset.Args()

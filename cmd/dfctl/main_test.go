@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -27,6 +28,13 @@ func TestUsageErrors(t *testing.T) {
 		var out, errb bytes.Buffer
 		if got := run(context.Background(), tc.args, &out, &errb); got != tc.code {
 			t.Errorf("dfctl %v = %d, want %d (stderr %q)", tc.args, got, tc.code, errb.String())
+		}
+	}
+	// An unknown flag is named, for every subcommand.
+	for _, args := range [][]string{{"--no-such-flag"}, {"status", "--no-such-flag"}, {"preheat", "--no-such-flag"}} {
+		var errb bytes.Buffer
+		if got := run(context.Background(), args, io.Discard, &errb); got != 2 || !strings.Contains(errb.String(), "unknown flag: --no-such-flag") {
+			t.Errorf("dfctl %v = %d, stderr %q; want 2 naming the flag", args, got, errb.String())
 		}
 	}
 }

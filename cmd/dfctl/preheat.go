@@ -74,6 +74,7 @@ func runPreheat(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
+		_, _ = fmt.Fprintf(stderr, "dfctl preheat: %v (see dfctl preheat --help)\n", err)
 		return 2
 	}
 	c, err := newPreheatClient(o)

@@ -33,6 +33,16 @@ func TestParseFlags(t *testing.T) {
 				t.Fatalf("parsed %+v", c)
 			}
 		}},
+		{name: "metrics listener", args: nil, check: func(t *testing.T, o options) {
+			if o.metricsListen != "127.0.0.1:65002" || o.metricsListenSet {
+				t.Fatalf("default --metrics-listen %q (set %v), want 127.0.0.1:65002", o.metricsListen, o.metricsListenSet)
+			}
+		}},
+		{name: "metrics listener off", args: []string{"--metrics-listen", ""}, check: func(t *testing.T, o options) {
+			if o.metricsListen != "" || !o.metricsListenSet {
+				t.Fatalf("--metrics-listen '': %q (set %v)", o.metricsListen, o.metricsListenSet)
+			}
+		}},
 		{name: "bad size", args: []string{"--upload-rate", "fast"}, wantErr: "--upload-rate"},
 		{name: "unknown flag", args: []string{"--nope"}, wantErr: "unknown flag"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},

@@ -24,7 +24,7 @@ type runningMirror struct {
 // startMirror serves the registry mirror on --mirror-listen. A busy default
 // address (another dfdaemon on this host) only disables the mirror with a
 // warning; an address given explicitly must work.
-func startMirror(o options, d *peer.Daemon, log *slog.Logger) (*runningMirror, string, error) {
+func startMirror(o options, d *peer.Daemon, log *slog.Logger, mm *mirror.Metrics) (*runningMirror, string, error) {
 	if o.mirrorListen == "" || o.mirrorListen == "off" {
 		return &runningMirror{}, "off", nil
 	}
@@ -38,7 +38,8 @@ func startMirror(o options, d *peer.Daemon, log *slog.Logger) (*runningMirror, s
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = o.cfg.TLS
-	m, err := mirror.New(mirror.Config{Engine: d.Engine(), Registry: o.mirrorRegistry, Insecure: o.mirrorInsecure, Transport: tr, Logger: log})
+	m, err := mirror.New(mirror.Config{Engine: d.Engine(), Registry: o.mirrorRegistry, Insecure: o.mirrorInsecure, Transport: tr, Logger: log, Metrics: mm, Tracing: o.cfg.Tracing,
+		E2EPrivate: o.cfg.E2EPrivate})
 	if err != nil {
 		ln.Close()
 		return nil, "", err

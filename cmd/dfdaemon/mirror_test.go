@@ -22,7 +22,8 @@ func startRun(t *testing.T, args ...string) string {
 	var stdout syncBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, append([]string{"--sock", filepath.Join(dir, "d.sock"), "--store", filepath.Join(dir, "store"), "--log-level", "error"}, args...), &stdout, io.Discard)
+		done <- run(ctx, append([]string{"--sock", filepath.Join(dir, "d.sock"), "--store", filepath.Join(dir, "store"), "--log-level", "error",
+			"--metrics-listen", "127.0.0.1:0"}, args...), &stdout, io.Discard)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -87,14 +88,14 @@ func TestMirrorAddressBusy(t *testing.T) {
 	}
 	defer ln.Close()
 	o := options{mirrorListen: ln.Addr().String()}
-	if m, addr, err := startMirror(o, nil, quietLog()); err != nil || addr != "off" || m == nil {
+	if m, addr, err := startMirror(o, nil, quietLog(), nil); err != nil || addr != "off" || m == nil {
 		t.Fatalf("busy default address: %v %q %v, want the mirror off", m, addr, err)
 	}
 	o.mirrorListenSet = true
-	if _, _, err := startMirror(o, nil, quietLog()); err == nil || !strings.Contains(err.Error(), "--mirror-listen") {
+	if _, _, err := startMirror(o, nil, quietLog(), nil); err == nil || !strings.Contains(err.Error(), "--mirror-listen") {
 		t.Fatalf("busy explicit address: %v, want an error naming --mirror-listen", err)
 	}
-	if m, addr, err := startMirror(options{mirrorListen: ""}, nil, quietLog()); err != nil || addr != "off" {
+	if m, addr, err := startMirror(options{mirrorListen: ""}, nil, quietLog(), nil); err != nil || addr != "off" {
 		t.Fatalf("--mirror-listen '': %v %q %v", m, addr, err)
 	}
 }

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -37,6 +38,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	size := fs.String("size", "256M", "size of the generated file")
 	keep := fs.Bool("keep", false, "keep the work directory (stores, outputs, logs)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "dfdemo: %v (see dfdemo --help)\n", err)
 		return 2
 	}
 	n, err := cli.ParseSize(*size)

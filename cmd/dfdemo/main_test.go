@@ -45,4 +45,11 @@ func TestBadFlags(t *testing.T) {
 			t.Errorf("%v: exit %d, want 2", args, code)
 		}
 	}
+	var errb strings.Builder
+	if code := run(context.Background(), []string{"--nope"}, io.Discard, &errb); !strings.Contains(errb.String(), "unknown flag: --nope") {
+		t.Errorf("--nope: exit %d, stderr %q; want the flag named", code, errb.String())
+	}
+	if code := run(context.Background(), []string{"--help"}, io.Discard, io.Discard); code != 0 {
+		t.Errorf("--help: exit %d, want 0", code)
+	}
 }

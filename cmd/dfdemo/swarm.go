@@ -57,7 +57,7 @@ func demoSwarm(ctx context.Context, cfg config, out io.Writer) error {
 		return err
 	}
 	if _, _, err := p.start(ctx, "supernode", filepath.Join(cfg.bin, "supernode"), "supernode listening",
-		"--listen", grpcAddr, "--upload-listen", upAddr, "--advertise", upAddr,
+		"--listen", grpcAddr, "--upload-listen", upAddr, "--advertise", upAddr, "--metrics-listen", "127.0.0.1:0",
 		"--store", filepath.Join(cfg.workDir, "supernode-store"), "--upload-rate", "400M"); err != nil {
 		return err
 	}
@@ -72,7 +72,7 @@ func demoSwarm(ctx context.Context, cfg config, out io.Writer) error {
 		if _, _, err := p.start(ctx, fmt.Sprintf("dfdaemon%d", i), filepath.Join(cfg.bin, "dfdaemon"), "dfdaemon ready",
 			"--supernode", grpcAddr, "--listen", addr, "--advertise", addr, "--sock", socks[i],
 			"--store", filepath.Join(cfg.workDir, fmt.Sprintf("peer%d-store", i)), "--idc", idc,
-			"--upload-rate", "200M"); err != nil {
+			"--upload-rate", "200M", "--metrics-listen", "127.0.0.1:0"); err != nil {
 			return err
 		}
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/dfly-p2p/dfly/cmd/internal/cli"
 	"github.com/dfly-p2p/dfly/internal/directio"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/internal/tlsconf"
 	"github.com/dfly-p2p/dfly/peer"
 )
@@ -62,6 +63,7 @@ Exit codes:
 type options struct {
 	output      string
 	digest      string
+	e2e         bool
 	limitRate   string
 	timeout     time.Duration
 	concurrency int
@@ -82,6 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	fs.StringVarP(&o.output, "output", "O", "", "write the content to `FILE` (required)")
 	fs.StringVar(&o.digest, "digest", "", "verify the whole content against `ALGO:HEX` (sha256 or md5)")
+	fs.BoolVar(&o.e2e, "e2e", false, "end-to-end encryption: the content travels between hosts and sits in their stores encrypted under a task key only hosts the supernode gives a token hold (needs a supernode; without one it is fetched in the clear, with a warning)")
 	fs.StringVar(&o.limitRate, "limit-rate", "0", "cap the download rate, bytes/s (`RATE` like 10M); 0 = unlimited")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "network timeout: connecting, waiting for headers, stalls")
 	fs.IntVar(&o.concurrency, "concurrency", 8, "parallel block fetches")
@@ -95,6 +98,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.supernode, "supernode", "", "join the swarm of the supernode at `HOST:PORT` with an embedded peer")
 	fs.StringVar(&o.daemonSock, "daemon-sock", "", "download through the dfdaemon listening on `PATH` (default: the local dfdaemon's socket when it answers and neither --store nor --supernode is given)")
 	tlsFlags := cli.AddTLSFlags(fs, false)
+	traceFlags := cli.AddTraceFlags(fs)
 	help := fs.BoolP("help", "h", false, "show this help")
 	usage := func() string { return fmt.Sprintf(usageText, fs.FlagUsages()) }
 
@@ -136,8 +140,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
-	req := peer.Request{URL: url, Header: hdr, Digest: o.digest}
-	d := downloader{o: o, req: req, stderr: stderr, log: logger, rate: rate, quota: quota, tls: swarmTLS}
+	req := peer.Request{URL: url, Header: hdr, Digest: o.digest, E2E: o.e2e}
+	tracing, err := traceFlags.Start(ctx, "dfget", logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "dfget: %v\n", err)
+		return exitUsage
+	}
+	defer cli.StopTracing(tracing, logger) // (after the span below ended)
+	ctx, span := startSpan(ctx, tracing, url)
+	defer span.End()
+	d := downloader{o: o, req: req, stderr: stderr, log: logger, rate: rate, quota: quota, tls: swarmTLS, tracing: tracing}
 	var sum string
 	var res peer.Result
 	client, err := d.daemon(ctx, fs.Changed("store") || fs.Changed("supernode"))
@@ -149,6 +161,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "dfget: %v\n", err)
+		telemetry.RecordError(ctx, err)
 		return exitCode(ctx, err)
 	}
 	if !o.quiet {
@@ -276,6 +289,8 @@ type downloader struct {
 	rate   int64
 	quota  int64
 	tls    *tlsconf.Reloader // the embedded peer's swarm links; nil = plain
+	// tracing traces the embedded peer (engine, swarm) like dfdaemon's.
+	tracing *telemetry.Tracing
 }
 
 // run downloads into the store and writes the verified output file; it
@@ -294,11 +309,11 @@ func (d *downloader) run(ctx context.Context) (string, peer.Result, error) {
 	if d.o.retries == 0 {
 		src = source.New(source.Options{Timeout: d.o.timeout, Retries: -1, Logger: d.log})
 	}
-	cfg := peer.Config{Store: store, Source: src, Concurrency: d.o.concurrency, DownloadRate: d.rate, Logger: d.log}
+	cfg := peer.Config{Store: store, Source: src, Concurrency: d.o.concurrency, DownloadRate: d.rate, Logger: d.log, Tracing: d.tracing}
 	if d.o.supernode != "" {
 		// An embedded peer for the duration of the download: it fetches from
 		// the swarm (falling back to the origin) but serves nobody.
-		sw, err := peer.NewSwarm(ctx, peer.SwarmConfig{Supernode: d.o.supernode, Store: store, TLS: d.tls, Logger: d.log})
+		sw, err := peer.NewSwarm(ctx, peer.SwarmConfig{Supernode: d.o.supernode, Store: store, TLS: d.tls, Logger: d.log, Tracing: d.tracing})
 		if err != nil {
 			return "", peer.Result{}, err
 		}
@@ -462,7 +477,7 @@ func (d *downloader) viaDaemon(ctx context.Context, c *peer.DaemonClient) (strin
 	}
 	prog := newProgress(d.stderr, d.o.quiet)
 	defer prog.finish()
-	r, err := c.Download(ctx, peer.DownloadRequest{URL: d.req.URL, Headers: hdr, Digest: d.req.Digest, Output: out}, func(ev peer.DownloadEvent) {
+	r, err := c.Download(ctx, peer.DownloadRequest{URL: d.req.URL, Headers: hdr, Digest: d.req.Digest, Output: out, E2E: d.req.E2E}, func(ev peer.DownloadEvent) {
 		p := peer.Progress{Done: ev.Done, Total: ev.Total}
 		if ev.Stats != nil {
 			p.Stats = *ev.Stats

@@ -16,11 +16,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
 	"github.com/dfly-p2p/dfly/blockstore"
 	"github.com/dfly-p2p/dfly/cmd/internal/cli"
 	"github.com/dfly-p2p/dfly/fs/prefetch"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/internal/tlsconf"
 	"github.com/dfly-p2p/dfly/peer"
 	"github.com/dfly-p2p/dfly/snapshotter"
@@ -55,6 +57,9 @@ type config struct {
 	swarmTLS                                     *tlsconf.Reloader // with --supernode; nil = plain
 	storeKeyFile                                 string
 	storeKey                                     []byte // nil = store not encrypted at rest
+	metricsListen                                string // "" = no metrics listener
+	metricsListenSet                             bool   // given explicitly (a busy address is then an error)
+	tracing                                      *telemetry.Tracing
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -78,13 +83,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fset.StringVar(&c.advertise, "advertise", "", "with --supernode: host:port peers reach the upload server at (default: derived from --listen)")
 	fset.BoolVar(&c.inProcess, "in-process-layers", false, "serve remote layers' FUSE mounts inside this process (they then die with it: running containers lose them on a restart)")
 	fset.BoolVar(&c.status, "status", false, "print the status of the snapshotter running with --root and exit")
+	fset.StringVar(&c.metricsListen, "metrics-listen", defaultMetricsListen, "listen address of /metrics (Prometheus), /healthz and /readyz (ready: the block store is open); \"\" disables it, a busy default only disables it with a warning")
 	tlsFlags := cli.AddTLSFlags(fset, true)
+	traceFlags := cli.AddTraceFlags(fset)
 	cli.AddStoreKeyFlag(fset, &c.storeKeyFile)
 	fset.Usage = func() { _, _ = fmt.Fprint(stderr, usage+fset.FlagUsages()) }
 	if err := fset.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
+		_, _ = fmt.Fprintf(stderr, "dfly-snapshotter: %v (see dfly-snapshotter --help)\n", err)
 		return 2
 	}
 	if fset.NArg() != 0 {
@@ -94,6 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if c.store == "" {
 		c.store = filepath.Join(c.root, "store")
 	}
+	c.metricsListenSet = fset.Changed("metrics-listen")
 	if c.status {
 		return printStatus(c.root, stdout, stderr)
 	}
@@ -112,6 +121,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		_, _ = fmt.Fprintln(stderr, "dfly-snapshotter: --store-key-file:", err)
 		return 2
 	}
+	if c.tracing, err = traceFlags.Start(ctx, "dfly-snapshotter", log); err != nil {
+		_, _ = fmt.Fprintln(stderr, "dfly-snapshotter:", err)
+		return 2
+	}
+	defer cli.StopTracing(c.tracing, log)
 	if err := serve(ctx, c, log); err != nil {
 		log.Error("snapshotter stopped", "err", err)
 		return 1
@@ -150,12 +164,18 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var reg *prometheus.Registry
+	var pm *peer.Metrics
+	if c.metricsListen != "" {
+		reg = telemetry.NewRegistry("dfly-snapshotter", telemetry.Version())
+		pm = peer.NewMetrics(reg)
+	}
 	var eng *peer.Engine
 	if c.supernode != "" {
 		// P2P: a full peer (block store, swarm, upload server) whose engine the
 		// snapshotter reads layers through.
 		d, err := peer.StartDaemon(ctx, peer.DaemonConfig{Supernode: c.supernode, Listen: c.listen, Advertise: c.advertise,
-			Sock: filepath.Join(c.root, "dfdaemon.sock"), StoreDir: c.store, StoreKey: c.storeKey, SwarmTLS: c.swarmTLS, Logger: log})
+			Sock: filepath.Join(c.root, "dfdaemon.sock"), StoreDir: c.store, StoreKey: c.storeKey, SwarmTLS: c.swarmTLS, Logger: log, Metrics: pm, Tracing: c.tracing})
 		if err != nil {
 			return fmt.Errorf("start the P2P peer (supernode %s): %w", c.supernode, err)
 		}
@@ -168,7 +188,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 			return fmt.Errorf("open block store %s: %w", c.store, err)
 		}
 		defer func() { _ = st.Close() }()
-		if eng, err = peer.New(peer.Config{Store: st, Logger: log}); err != nil {
+		if eng, err = peer.New(peer.Config{Store: st, Logger: log, Metrics: pm, Tracing: c.tracing}); err != nil {
 			return err
 		}
 		defer func() { _ = eng.Close() }()
@@ -176,6 +196,10 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	ropt := snapshotter.RemoteFSOptions{
 		Engine: eng, Resolver: &snapshotter.Resolver{Keychain: kc, Insecure: c.insecure}, Logger: log,
 		Prefetch: prefetch.Options{NetworkRate: rate}, NoPrefetch: c.noPrefetch,
+	}
+	if reg != nil {
+		reg.MustRegister(peer.StoreCollector(eng.Store()))
+		ropt.Prefetch.Metrics = prefetch.NewMetrics(reg)
 	}
 	if !c.inProcess {
 		// Each remote layer is served by its own process (in its own session), which
@@ -209,7 +233,12 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		writeStatusLoop(statusCtx, c.root, rfs, log)
 	}()
 	defer func() { stopStatus(); <-done }()
-	log.Info("dfly snapshotter serving", "address", c.address, "root", c.root, "store", c.store)
+	ms, err := startMetrics(c.metricsListen, c.metricsListenSet, reg, log, peer.StoreCheck(eng.Store()))
+	if err != nil {
+		return err
+	}
+	defer stopMetrics(ms, log)
+	log.Info("dfly snapshotter serving", "address", c.address, "root", c.root, "store", c.store, "metrics", addrOf(ms))
 	return snapshotter.Serve(ctx, c.address, sn)
 }
 

@@ -32,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	"golang.org/x/time/rate"
 
@@ -40,6 +41,7 @@ import (
 	dfs "github.com/dfly-p2p/dfly/fs"
 	"github.com/dfly-p2p/dfly/fs/prefetch"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/internal/tlsconf"
 	"github.com/dfly-p2p/dfly/peer"
 )
@@ -101,6 +103,8 @@ type config struct {
 	quiet       bool
 	debug       bool
 	swarmTLS    *tlsconf.Reloader // the embedded peer's swarm links; nil = plain
+	metrics     string            // --metrics-listen; "" = off
+	tracing     *telemetry.Tracing
 }
 
 type exitError struct {
@@ -149,7 +153,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fset.StringVar(&cfg.store, "store", defaultStore(), "block store directory (env DFLY_STORE)")
 	fset.BoolVarP(&cfg.quiet, "quiet", "q", false, "log only warnings and errors")
 	fset.BoolVar(&cfg.debug, "debug", false, "log every FUSE request")
+	fset.StringVar(&cfg.metrics, "metrics-listen", "", "listen address of /metrics (Prometheus), /healthz and /readyz (ready: the block store is open), e.g. 127.0.0.1:65004; empty = off")
 	tlsFlags := cli.AddTLSFlags(fset, false)
+	traceFlags := cli.AddTraceFlags(fset)
 	fset.BoolVarP(&help, "help", "h", false, "show this help")
 	fset.Usage = func() {
 		fmt.Fprint(stderr, usageHead)
@@ -190,6 +196,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				err = fail(exitUsage, "the --tls-* flags secure the swarm links of --supernode: they need it")
 			} else if cfg.swarmTLS, err = tlsFlags.Load(log); err != nil {
 				err = &exitError{code: exitUsage, err: err}
+			}
+		}
+		if err == nil {
+			if cfg.tracing, err = traceFlags.Start(ctx, "dfmount", log); err != nil {
+				err = &exitError{code: exitUsage, err: err}
+			} else {
+				defer cli.StopTracing(cfg.tracing, log)
 			}
 		}
 		if err == nil {
@@ -315,6 +328,8 @@ type engineConfig struct {
 	concurrency int
 	tls         *tlsconf.Reloader
 	log         *slog.Logger
+	metrics     *peer.Metrics // nil = none
+	tracing     *telemetry.Tracing
 }
 
 // newEngine builds the peer engine dfmount reads through: an embedded engine
@@ -336,12 +351,12 @@ func newEngine(ctx context.Context, ec engineConfig) (*peer.Engine, *peer.Supern
 	// CacheBlocks: the kernel keeps several 1 MiB reads in flight and they
 	// rarely align with blocks; caching 16 verified blocks avoids reading and
 	// hashing a block once per read.
-	cfg := peer.Config{Store: st, Source: src, Concurrency: ec.concurrency, Logger: ec.log, CacheBlocks: 16}
+	cfg := peer.Config{Store: st, Source: src, Concurrency: ec.concurrency, Logger: ec.log, CacheBlocks: 16, Metrics: ec.metrics, Tracing: ec.tracing}
 	var sw *peer.SupernodeSwarm
 	if ec.supernode != "" {
 		// Half the read timeout for the swarm, so that the origin fallback
 		// still fits in a read when nobody holds the block.
-		sw, err = peer.NewSwarm(ctx, peer.SwarmConfig{Supernode: ec.supernode, Store: st, BlockTimeout: ec.timeout / 2, TLS: ec.tls, Logger: ec.log})
+		sw, err = peer.NewSwarm(ctx, peer.SwarmConfig{Supernode: ec.supernode, Store: st, BlockTimeout: ec.timeout / 2, TLS: ec.tls, Logger: ec.log, Tracing: ec.tracing})
 		if err != nil {
 			st.Close()
 			return nil, nil, nil, fail(exitUsage, "--supernode %s: %w", ec.supernode, err)
@@ -394,11 +409,32 @@ func mountAndServe(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := dfs.CheckFUSE(); err != nil {
 		return &exitError{code: exitNoFUSE, err: err}
 	}
-	eng, sw, closeEngine, err := newEngine(ctx, engineConfig{storeDir: cfg.store, supernode: cfg.supernode, timeout: cfg.timeout, concurrency: cfg.concurrency, tls: cfg.swarmTLS, log: log})
+	var reg *prometheus.Registry
+	var fm *dfs.Metrics
+	var pfm *prefetch.Metrics
+	ec := engineConfig{storeDir: cfg.store, supernode: cfg.supernode, timeout: cfg.timeout, concurrency: cfg.concurrency, tls: cfg.swarmTLS, log: log, tracing: cfg.tracing}
+	if cfg.metrics != "" {
+		reg = telemetry.NewRegistry("dfmount", telemetry.Version())
+		ec.metrics, fm, pfm = peer.NewMetrics(reg), dfs.NewMetrics(reg), prefetch.NewMetrics(reg)
+	}
+	eng, sw, closeEngine, err := newEngine(ctx, ec)
 	if err != nil {
 		return err
 	}
 	defer closeEngine()
+	if reg != nil {
+		reg.MustRegister(peer.StoreCollector(eng.Store()))
+		ms, err := telemetry.Listen(cfg.metrics, telemetry.Handler(reg, peer.StoreCheck(eng.Store())), log)
+		if err != nil {
+			return fail(exitFailure, "%w", err)
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			_ = ms.Close(sctx)
+		}()
+		log.Info("metrics listening", "metrics", ms.Addr())
+	}
 
 	files, err := openFiles(ctx, eng, cfg, log)
 	if err != nil {
@@ -408,7 +444,7 @@ func mountAndServe(ctx context.Context, cfg config, log *slog.Logger) error {
 	for i, f := range files {
 		entries[i] = dfs.Entry{Name: f.name, Content: f.task}
 	}
-	root, err := dfs.NewRoot(entries, dfs.Options{Timeout: cfg.timeout, Logger: log})
+	root, err := dfs.NewRoot(entries, dfs.Options{Timeout: cfg.timeout, Logger: log, Metrics: fm, Tracing: cfg.tracing})
 	if err != nil {
 		return fail(exitUsage, "%w", err)
 	}
@@ -441,7 +477,7 @@ func mountAndServe(ctx context.Context, cfg config, log *slog.Logger) error {
 				rank = func(missing []int) []int { return sw.Order(f.task, missing) }
 			}
 			f.pf = prefetch.New(f.task, prefetch.Options{Order: cfg.order, Rank: rank, NetworkLimiter: netLim, DiskLimiter: diskLim,
-				Concurrency: cfg.concurrency, Logger: log, Name: f.name})
+				Concurrency: cfg.concurrency, Logger: log, Name: f.name, Metrics: pfm})
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

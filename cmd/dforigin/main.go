@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -60,6 +61,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	gens := fs.StringArray("generate", nil, "serve generated content: NAME=SIZE[:SEED] (repeatable)")
 	digests := fs.Bool("print-digests", false, "print the sha256 of every generated file")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "dforigin: %v (see dforigin --help)\n", err)
 		return 2
 	}
 	var specs []genSpec

@@ -70,3 +70,13 @@ func TestServes(t *testing.T) {
 		t.Fatalf("bad flag exit %d", code)
 	}
 }
+
+func TestFlags(t *testing.T) {
+	var errb strings.Builder
+	if code := run(context.Background(), []string{"--nope"}, io.Discard, &errb); code != 2 || !strings.Contains(errb.String(), "unknown flag: --nope") {
+		t.Errorf("--nope: exit %d, stderr %q; want 2 naming the flag", code, errb.String())
+	}
+	if code := run(context.Background(), []string{"--help"}, io.Discard, io.Discard); code != 0 {
+		t.Errorf("--help: exit %d, want 0", code)
+	}
+}

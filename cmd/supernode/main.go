@@ -3,7 +3,7 @@
 //
 // When ready it prints one line to stdout:
 //
-//	supernode listening grpc=ADDR upload=ADDR [api=ADDR]
+//	supernode listening grpc=ADDR upload=ADDR [api=ADDR] [metrics=ADDR]
 //
 // and it shuts down cleanly on SIGINT or SIGTERM.
 package main
@@ -25,8 +25,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dfly-p2p/dfly/cmd/internal/cli"
+	"github.com/dfly-p2p/dfly/internal/compress"
 	"github.com/dfly-p2p/dfly/internal/oci"
 	"github.com/dfly-p2p/dfly/internal/source"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/supernode"
 )
 
@@ -75,6 +77,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Var(&rate, "upload-rate", "upload rate limit of the seed in bytes/s, e.g. 100M (0 = unlimited)")
 	fs.IntVar(&cfg.MaxUploads, "max-uploads", 64, "maximum concurrent uploads from the seed (more get HTTP 429)")
 	fs.IntVar(&cfg.SeedConcurrency, "seed-concurrency", 6, "parallel Range requests to the origin per task")
+	compressMode := fs.String("compress", "auto", "compression of the seed's blocks: auto (try each stored block once with zstd while the supernode is not loaded, keep forms saving >= 10% in STORE/compressed, at most a quarter of --quota, and serve them to peers that ask), always (try every block whatever the load), off")
 	fs.IntVar(&cfg.Scheduler.MaxCrossIDCTransfers, "max-cross-idc-transfers", 16, "block transfers in flight per task from parents in another idc into one idc (-1 = unbounded)")
 	fs.DurationVar(&heartbeat, "heartbeat", 2*time.Second, "heartbeat interval given to peers; a peer silent for 3 intervals expires")
 	var caFiles []string
@@ -86,8 +89,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&registryConfig, "registry-config", "", "docker config.json with registry credentials for image preheat (default: $DOCKER_CONFIG, ~/.docker)")
 	fs.StringSliceVar(&registryInsecure, "registry-insecure", nil, "registry HOST:PORT image preheat reaches over plain HTTP (loopback always is); repeatable")
 	fs.StringVar(&cfg.APIListen, "api-listen", "", "also serve the preheat API and the registry notification endpoints here (plain, or TLS without client certificates in a TLS swarm, so registries can notify); \"\" = only on the upload server")
+	var metricsListen string
+	fs.StringVar(&metricsListen, "metrics-listen", ":8004", "listen address of GET /metrics (Prometheus), /healthz (liveness) and /readyz (readiness: store open, gRPC serving); \"\" disables")
 	fs.StringVar(&notifySecretFile, "notify-secret-file", "", "file holding the shared secret registry notifications and Harbor webhooks send as Authorization: Bearer SECRET (unset: those endpoints refuse all)")
 	tlsFlags := cli.AddTLSFlags(fs, true)
+	traceFlags := cli.AddTraceFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return err
@@ -106,6 +112,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	cfg.Quota, cfg.UploadRate = int64(quota), int64(rate)
+	mode, err := compress.ParseMode(*compressMode)
+	if err != nil {
+		return usageError{fmt.Errorf("--compress: %w", err)}
+	}
+	cfg.Compress = mode
 	cfg.Scheduler.HeartbeatInterval = heartbeat
 	cfg.Logger = log
 	if len(caFiles) > 0 {
@@ -115,13 +126,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		cfg.Source = source.New(source.Options{TLS: tc, Logger: log})
 	}
-	var err error
 	if cfg.StoreKey, err = cli.LoadStoreKey(storeKeyFile); err != nil {
 		return usageError{fmt.Errorf("--store-key-file: %w", err)}
 	}
 	if cfg.TLS, err = tlsFlags.Load(log); err != nil {
 		return usageError{err}
 	}
+	if cfg.Tracing, err = traceFlags.Start(ctx, "supernode", log); err != nil {
+		return usageError{err}
+	}
+	defer cli.StopTracing(cfg.Tracing, log) // after the supernode closed: its last spans go too
 
 	kc, err := oci.DockerConfigKeychain(registryConfig)
 	if err != nil {
@@ -138,15 +152,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
+	reg := telemetry.NewRegistry("supernode", telemetry.Version())
+	cfg.Metrics = supernode.NewMetrics(reg)
 	sn, err := supernode.Start(cfg)
 	if err != nil {
 		return err
 	}
-	if a := sn.APIAddr(); a != "" {
-		fmt.Fprintf(stdout, "supernode listening grpc=%s upload=%s api=%s\n", sn.GRPCAddr(), sn.UploadAddr(), a)
-	} else {
-		fmt.Fprintf(stdout, "supernode listening grpc=%s upload=%s\n", sn.GRPCAddr(), sn.UploadAddr())
+	var metrics *telemetry.Server
+	if metricsListen != "" {
+		if metrics, err = telemetry.Listen(metricsListen, telemetry.Handler(reg, sn.Ready), log); err != nil {
+			_ = sn.Close()
+			return err
+		}
+		defer closeMetrics(metrics, log)
 	}
+	ready := fmt.Sprintf("supernode listening grpc=%s upload=%s", sn.GRPCAddr(), sn.UploadAddr())
+	if a := sn.APIAddr(); a != "" {
+		ready += " api=" + a
+	}
+	if metrics != nil {
+		ready += " metrics=" + metrics.Addr()
+	}
+	fmt.Fprintln(stdout, ready)
 	log.Info("supernode ready", "grpc", sn.GRPCAddr(), "upload", sn.UploadAddr(), "advertise", sn.Advertise(), "store", cfg.StoreDir)
 	<-ctx.Done()
 	log.Info("shutting down")
@@ -154,6 +181,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("shut down: %w", err)
 	}
 	return nil
+}
+
+// closeMetrics stops the metrics listener (after the supernode: /readyz
+// says "shutting down" meanwhile).
+func closeMetrics(s *telemetry.Server, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := s.Close(ctx); err != nil {
+		log.Warn("stop the metrics listener", "err", err)
+	}
 }
 
 // byteSize is a pflag value for sizes such as 100M, 1.5G, 4096 or 10MiB

@@ -46,7 +46,8 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
-var readyLine = regexp.MustCompile(`^supernode listening grpc=(\S+) upload=(\S+)$`)
+// readyLine: m[1] grpc, m[2] upload, m[3] api, m[4] metrics ("" when off).
+var readyLine = regexp.MustCompile(`^supernode listening grpc=(\S+) upload=(\S+)(?: api=(\S+))?(?: metrics=(\S+))?$`)
 
 func TestRunServesUntilCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -55,7 +56,7 @@ func TestRunServesUntilCancelled(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0", "--store", t.TempDir(),
-			"--upload-rate", "10M", "--quota", "1G", "--log-level", "warn"}, pw, io.Discard)
+			"--upload-rate", "10M", "--quota", "1G", "--log-level", "warn", "--metrics-listen", "127.0.0.1:0"}, pw, io.Discard)
 		pw.Close()
 	}()
 	line, err := bufio.NewReader(pr).ReadString('\n')
@@ -74,6 +75,7 @@ func TestRunServesUntilCancelled(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("/debug/state: HTTP %d", resp.StatusCode)
 	}
+	checkMetricsListener(t, m[4])
 	cancel()
 	go io.Copy(io.Discard, pr)
 	if err := <-done; err != nil {
@@ -110,7 +112,7 @@ func TestBinarySIGTERM(t *testing.T) {
 	if out, err := exec.Command(goBin, "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0", "--store", t.TempDir())
+	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0", "--metrics-listen", "", "--store", t.TempDir())
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -40,7 +40,7 @@ func serveOnce(t *testing.T, args []string, f func(upload string)) string {
 	var logs syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, append([]string{"--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0", "--store", t.TempDir(), "--log-level", "warn"}, args...), pw, &logs)
+		done <- run(ctx, append([]string{"--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0", "--metrics-listen", "", "--store", t.TempDir(), "--log-level", "warn"}, args...), pw, &logs)
 		pw.Close()
 	}()
 	line, err := bufio.NewReader(pr).ReadString('\n')

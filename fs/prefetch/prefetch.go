@@ -101,8 +101,10 @@ type Options struct {
 	Retry time.Duration
 	// Logger receives progress and errors (default slog.Default()).
 	Logger *slog.Logger
-	// Name identifies the task in log lines (default the task ID).
+	// Name identifies the task in log lines and metrics (default the task ID).
 	Name string
+	// Metrics, if set, reports the run's progress (see Metrics).
+	Metrics *Metrics
 }
 
 // State is where a prefetch run is.
@@ -275,6 +277,8 @@ func (p *Prefetcher) Run(ctx context.Context) error {
 		p.finish(info, nil)
 		return nil
 	}
+	p.opt.Metrics.add(p)
+	defer p.opt.Metrics.remove(p)
 	for round := 0; ; round++ {
 		missing := p.b.Missing()
 		if len(missing) == 0 {

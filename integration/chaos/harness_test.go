@@ -125,7 +125,7 @@ func startSupernode(t *testing.T, uploadRate string) *supernode {
 func restartSupernode(t *testing.T, old *supernode) *supernode {
 	t.Helper()
 	p, f := start(t, "supernode", "supernode", "supernode listening",
-		"--listen", old.grpc, "--upload-listen", old.upload, "--store", filepath.Join(old.dir, "store"),
+		"--listen", old.grpc, "--upload-listen", old.upload, "--metrics-listen", "127.0.0.1:0", "--store", filepath.Join(old.dir, "store"),
 		"--upload-rate", old.rate, "--log-level", logLevel())
 	sn := &supernode{proc: p, dir: old.dir, grpc: f["grpc"], upload: f["upload"], rate: old.rate}
 	if sn.grpc == "" || sn.upload == "" {
@@ -202,7 +202,7 @@ func (d *daemon) store() string { return filepath.Join(d.dir, "store") }
 func (d *daemon) run(t *testing.T) {
 	t.Helper()
 	args := append([]string{"--supernode", d.sn.grpc, "--listen", "127.0.0.1:0", "--sock", d.sock,
-		"--store", d.store(), "--host-id", d.id, "--log-level", logLevel(), "--mirror-listen", ""}, d.args...)
+		"--store", d.store(), "--host-id", d.id, "--log-level", logLevel(), "--mirror-listen", "", "--metrics-listen", "127.0.0.1:0"}, d.args...)
 	p, f := start(t, d.id, "dfdaemon", "dfdaemon ready", args...)
 	d.proc, d.upload = p, f["upload"]
 	c, err := peer.DialDaemon(context.Background(), d.sock)

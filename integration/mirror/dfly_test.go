@@ -114,7 +114,7 @@ func newDflySwarmWith(t *testing.T, n int, copts ContainerdOptions, reg Registry
 	s.img = img
 	var f map[string]string
 	s.sn, f = startReady(t, s.dir, "supernode", "supernode listening", filepath.Join(bins, "supernode"),
-		"--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0", "--store", filepath.Join(s.dir, "sn"), "--log-level", "debug")
+		"--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--store", filepath.Join(s.dir, "sn"), "--log-level", "debug")
 	s.grpc, s.upload = f["grpc"], f["upload"]
 	for i := range n {
 		h := &dflyHost{name: fmt.Sprintf("h%d", i)}
@@ -122,7 +122,7 @@ func newDflySwarmWith(t *testing.T, n int, copts ContainerdOptions, reg Registry
 		var df map[string]string
 		h.daemon, df = startReady(t, s.dir, h.name+"-dfdaemon", "dfdaemon ready", filepath.Join(bins, "dfdaemon"),
 			"--supernode", s.grpc, "--listen", "127.0.0.1:0", "--sock", filepath.Join(hd, "d.sock"), "--store", filepath.Join(hd, "store"),
-			"--host-id", h.name, "--mirror-listen", "127.0.0.1:0", "--log-level", "debug")
+			"--host-id", h.name, "--mirror-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-level", "debug")
 		h.mirror = df["mirror"]
 		h.hosts = filepath.Join(hd, "certs.d")
 		if _, err := WriteHostsToml(h.hosts, s.reg.Host(), h.mirror); err != nil {

@@ -91,7 +91,7 @@ func runFleetWith(t *testing.T, n int, dfly bool, version string) fleetResult {
 	snAddr := net.JoinHostPort(topo.Supernode.IP.String(), "8002")
 	if dfly {
 		startReady(t, dir, "supernode", "supernode listening", inNetNS(topo.Supernode.NS, filepath.Join(bins, "supernode"),
-			"--listen", snAddr, "--upload-listen", net.JoinHostPort(topo.Supernode.IP.String(), "8001"),
+			"--listen", snAddr, "--upload-listen", net.JoinHostPort(topo.Supernode.IP.String(), "8001"), "--metrics-listen", "",
 			"--store", filepath.Join(dir, "sn"), "--log-level", "info")...)
 	}
 	type host struct {
@@ -110,7 +110,7 @@ func runFleetWith(t *testing.T, n int, dfly bool, version string) fleetResult {
 		mirrors := []string{regAddr}
 		if dfly {
 			args := []string{"--supernode", snAddr, "--listen", net.JoinHostPort(p.IP.String(), "8003"), "--sock", filepath.Join(hd, "d.sock"),
-				"--store", filepath.Join(hd, "store"), "--host-id", p.Name, "--mirror-listen", "127.0.0.1:65001",
+				"--store", filepath.Join(hd, "store"), "--host-id", p.Name, "--mirror-listen", "127.0.0.1:65001", "--metrics-listen", "",
 				"--mirror-insecure", regAddr, "--log-level", "info"}
 			// DFLY_BENCH_DAEMON_ARGS adds dfdaemon flags (experiments, e.g. --direct-io).
 			args = append(args, strings.Fields(os.Getenv("DFLY_BENCH_DAEMON_ARGS"))...)

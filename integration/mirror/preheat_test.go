@@ -35,7 +35,7 @@ func TestPushPreheatsThenPullsHitTheSeed(t *testing.T) {
 	}
 	upload, regAddr := freeLoopback(t), freeLoopback(t)
 	sn, f := startReady(t, dir, "supernode", "supernode listening", filepath.Join(bins, "supernode"),
-		"--listen", "127.0.0.1:0", "--upload-listen", upload, "--store", filepath.Join(dir, "sn"),
+		"--listen", "127.0.0.1:0", "--upload-listen", upload, "--metrics-listen", "127.0.0.1:0", "--store", filepath.Join(dir, "sn"),
 		"--notify-secret-file", secretFile, "--log-level", "debug")
 	_ = sn
 	s := &dflySwarm{dir: dir, grpc: f["grpc"], upload: upload}
@@ -94,7 +94,7 @@ func TestPushPreheatsThenPullsHitTheSeed(t *testing.T) {
 		var df map[string]string
 		h.daemon, df = startReady(t, dir, h.name+"-dfdaemon", "dfdaemon ready", filepath.Join(bins, "dfdaemon"),
 			"--supernode", s.grpc, "--listen", "127.0.0.1:0", "--sock", filepath.Join(hd, "d.sock"), "--store", filepath.Join(hd, "store"),
-			"--host-id", h.name, "--mirror-listen", "127.0.0.1:0", "--log-level", "debug")
+			"--host-id", h.name, "--mirror-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-level", "debug")
 		h.mirror = df["mirror"]
 		h.hosts = filepath.Join(hd, "certs.d")
 		if _, err := WriteHostsToml(h.hosts, s.reg.Host(), h.mirror); err != nil {

@@ -50,7 +50,21 @@ type Config struct {
 	DaemonArgs, SupernodeArgs []string
 	// DynamicARP: see Spec.DynamicARP.
 	DynamicARP bool
-	Log        *slog.Logger
+	// Telemetry runs dfly as an operator would: every dfdaemon and the
+	// supernode serve /metrics, scraped every second by a sink in the
+	// supernode's namespace (cmd/otlpsink), and every dfly process (dfget
+	// included) exports traces at the default sample ratio to that sink's
+	// OTLP receiver. Off: no metrics listeners, no tracing.
+	Telemetry bool
+	// Content is what every host downloads: ContentRandom (generated, the
+	// default) or ContentTar (a tar of ContentDirs, default
+	// DefaultContentDirs, built at start; see compress.go).
+	Content     string
+	ContentDirs []string
+	// Compress lists the --compress modes every dfly scenario runs with,
+	// one run each, in this order (empty: one run, the binaries' default).
+	Compress []string
+	Log      *slog.Logger
 }
 
 // Sources are the bytes dfget reported per source, summed over hosts.
@@ -91,11 +105,20 @@ type Result struct {
 	SHA256OK              bool               `json:"sha256_ok"`
 	Sources               *Sources           `json:"sources,omitempty"`
 	Errors                []string           `json:"errors,omitempty"`
+	// Compression (compress.go): the content, the dfly processes'
+	// --compress mode, the bytes the peers' NICs received (in copies of
+	// S per peer) and the daemons' compression counters.
+	Content      string             `json:"content,omitempty"`
+	Compress     string             `json:"compress,omitempty"`
+	PeerRxBytes  int64              `json:"peer_rx_bytes,omitempty"`
+	PeerRxCopies float64            `json:"peer_rx_copies,omitempty"`
+	Compression  *CompressionTotals `json:"compression,omitempty"`
 }
 
 // Binaries are the paths of the programs a benchmark runs.
 type Binaries struct {
 	Origin, Supernode, Dfdaemon, Dfget string
+	OTLPSink                           string // integration/netbench/cmd/otlpsink (Config.Telemetry)
 }
 
 // Bench runs scenarios for one configuration.
@@ -107,6 +130,9 @@ type Bench struct {
 	dataFile string // the content on disk (BitTorrent seeding)
 	torrent  string
 	infoHash string
+	// contentDir serves a built content (Config.Content) as fileName; "":
+	// generated content.
+	contentDir string
 }
 
 // Fixed addresses and ports inside the topology.
@@ -115,8 +141,12 @@ const (
 	snPort       = 8002
 	snUploadPort = 8001
 	daemonPort   = 65001
-	trackerPort  = 6969
-	fileName     = "bench.bin"
+	// Config.Telemetry: the metrics listeners and the sink's OTLP port.
+	snMetricsPort     = 8004
+	daemonMetricsPort = 65002
+	otlpPort          = 4317
+	trackerPort       = 6969
+	fileName          = "bench.bin"
 )
 
 // NeedsDfly reports whether a scenario runs the dfly binaries.
@@ -187,6 +217,9 @@ func BuildBinaries(ctx context.Context, repo, binDir string, dfly bool) (Binarie
 			return Binaries{}, err
 		}
 	}
+	if bins.OTLPSink, err = build("./integration/netbench/cmd/otlpsink", "otlpsink"); err != nil {
+		return Binaries{}, err
+	}
 	return bins, nil
 }
 
@@ -235,6 +268,9 @@ func New(ctx context.Context, cfg Config) (*Bench, error) {
 	}
 	b := &Bench{cfg: cfg, bins: bins, content: origin.Content{Size: cfg.Size, Seed: cfg.Seed}}
 	b.digest = strings.TrimPrefix(b.content.Digest("sha256"), "sha256:")
+	if err := b.prepareContent(); err != nil {
+		return nil, err
+	}
 	if bt {
 		dataDir := filepath.Join(cfg.WorkDir, "seed")
 		if err := os.MkdirAll(dataDir, 0o755); err != nil {
@@ -271,19 +307,21 @@ func (b *Bench) Sweep(ctx context.Context, progress func(Result)) ([]Result, err
 	var results []Result
 	for _, n := range b.cfg.Ns {
 		for _, s := range b.cfg.Scenarios {
-			r, err := b.Run(ctx, s, n)
-			if err != nil {
-				r.Errors = append(r.Errors, err.Error())
-			}
-			results = append(results, r)
-			if progress != nil {
-				progress(r)
-			}
-			if ctx.Err() != nil {
-				return results, fmt.Errorf("sweep interrupted: %w", ctx.Err())
-			}
-			if errors.Is(err, ErrLeftover) {
-				return results, err
+			for _, mode := range b.modes(s) {
+				r, err := b.RunMode(ctx, s, n, mode)
+				if err != nil {
+					r.Errors = append(r.Errors, err.Error())
+				}
+				results = append(results, r)
+				if progress != nil {
+					progress(r)
+				}
+				if ctx.Err() != nil {
+					return results, fmt.Errorf("sweep interrupted: %w", ctx.Err())
+				}
+				if errors.Is(err, ErrLeftover) {
+					return results, err
+				}
 			}
 		}
 	}
@@ -304,9 +342,15 @@ type hostRun struct {
 // Run runs one scenario with n hosts: builds the topology, starts the
 // services, starts all downloads at once, measures, verifies and tears
 // everything down (also on error or when ctx ends).
-func (b *Bench) Run(ctx context.Context, scenario string, n int) (res Result, err error) {
+func (b *Bench) Run(ctx context.Context, scenario string, n int) (Result, error) {
+	return b.RunMode(ctx, scenario, n, "")
+}
+
+// RunMode is Run with the dfly processes' --compress mode ("": their default).
+func (b *Bench) RunMode(ctx context.Context, scenario string, n int, compress string) (res Result, err error) {
 	cfg := b.cfg
 	res = Result{Scenario: scenario, N: n, SizeBytes: cfg.Size, PeerRate: cfg.PeerRate, OriginRate: cfg.OriginRate, Started: time.Now().UTC()}
+	res.Content, res.Compress = cfg.Content, compress
 	res.BoundSeconds = Bound(cfg.Size, n, cfg.OriginRate, cfg.PeerRate).Seconds()
 	if err := CheckLeftovers(ctx); err != nil {
 		return res, err
@@ -328,7 +372,7 @@ func (b *Bench) Run(ctx context.Context, scenario string, n int) (res Result, er
 	if err != nil {
 		return res, err
 	}
-	runDir := filepath.Join(cfg.WorkDir, fmt.Sprintf("%s-n%d-%s", scenario, n, topo.Spec.Prefix))
+	runDir := filepath.Join(cfg.WorkDir, fmt.Sprintf("%s-n%d-%s", runName(scenario, compress), n, topo.Spec.Prefix))
 	procs := &Procs{}
 	defer func() {
 		// Teardown on every path: processes by PID, then namespaces.
@@ -380,9 +424,8 @@ func (b *Bench) Run(ctx context.Context, scenario string, n int) (res Result, er
 	var download func(h *hostRun) []string
 	switch scenario {
 	case Native, Dfly, Locality:
-		o, err := start("dforigin", topo.Origin, nil, "origin listening", b.bins.Origin,
-			"--listen", fmt.Sprintf("%s:%d", topo.Origin.IP, originPort),
-			"--generate", fmt.Sprintf("%s=%d:%d", fileName, cfg.Size, cfg.Seed))
+		o, err := start("dforigin", topo.Origin, nil, "origin listening",
+			append([]string{b.bins.Origin, "--listen", fmt.Sprintf("%s:%d", topo.Origin.IP, originPort)}, b.originContent()...)...)
 		if err != nil {
 			return res, err
 		}
@@ -397,12 +440,33 @@ func (b *Bench) Run(ctx context.Context, scenario string, n int) (res Result, er
 	}
 	if NeedsDfly(scenario) {
 		sn := topo.Supernode
-		snArgs := append([]string{b.bins.Supernode,
+		// The flags of the dfly processes for Config.Telemetry.
+		metrics := func(*Host, int) []string { return []string{"--metrics-listen", ""} }
+		var tracing []string
+		if b.cfg.Telemetry {
+			sinkArgs := []string{b.bins.OTLPSink, "--listen", fmt.Sprintf("%s:%d", sn.IP, otlpPort),
+				"--scrape", fmt.Sprintf("http://%s:%d/metrics", sn.IP, snMetricsPort)}
+			for _, h := range hosts {
+				sinkArgs = append(sinkArgs, "--scrape", fmt.Sprintf("http://%s:%d/metrics", h.host.IP, daemonMetricsPort))
+			}
+			sink, err := start("otlpsink", sn, nil, "otlpsink listening", sinkArgs...)
+			if err != nil {
+				return res, err
+			}
+			if err := sink.WaitReady(ctx); err != nil {
+				return res, err
+			}
+			tracing = []string{"--otlp-endpoint", fmt.Sprintf("%s:%d", sn.IP, otlpPort), "--otlp-insecure"}
+			metrics = func(h *Host, port int) []string {
+				return append([]string{"--metrics-listen", fmt.Sprintf("%s:%d", h.IP, port)}, tracing...)
+			}
+		}
+		snArgs := append(append([]string{b.bins.Supernode,
 			"--listen", fmt.Sprintf("%s:%d", sn.IP, snPort),
 			"--upload-listen", fmt.Sprintf("%s:%d", sn.IP, snUploadPort),
 			"--advertise", fmt.Sprintf("%s:%d", sn.IP, snUploadPort),
 			"--idc", sn.IDC,
-			"--store", filepath.Join(runDir, sn.Name, "store")}, b.cfg.SupernodeArgs...)
+			"--store", filepath.Join(runDir, sn.Name, "store")}, append(metrics(sn, snMetricsPort), compressArgs(compress)...)...), b.cfg.SupernodeArgs...)
 		p, err := start("supernode", sn, nil, "supernode listening", snArgs...)
 		if err != nil {
 			return res, err
@@ -418,7 +482,7 @@ func (b *Bench) Run(ctx context.Context, scenario string, n int) (res Result, er
 				"--listen", addr, "--advertise", addr,
 				"--sock", filepath.Join(h.dir, "dfdaemon.sock"),
 				"--store", filepath.Join(h.dir, "store"),
-				"--idc", h.host.IDC}, b.cfg.DaemonArgs...)
+				"--idc", h.host.IDC}, append(append(metrics(h.host, daemonMetricsPort), compressArgs(compress)...), b.cfg.DaemonArgs...)...)
 			if daemons[i], err = start("dfdaemon", h.host, nil, "dfdaemon ready", args...); err != nil {
 				return res, err
 			}
@@ -429,8 +493,8 @@ func (b *Bench) Run(ctx context.Context, scenario string, n int) (res Result, er
 			}
 		}
 		download = func(h *hostRun) []string {
-			return []string{b.bins.Dfget, url, "-O", h.out, "--daemon-sock", filepath.Join(h.dir, "dfdaemon.sock"),
-				"--digest", "sha256:" + b.digest, "--report-json", h.report}
+			return append([]string{b.bins.Dfget, url, "-O", h.out, "--daemon-sock", filepath.Join(h.dir, "dfdaemon.sock"),
+				"--digest", "sha256:" + b.digest, "--report-json", h.report}, tracing...)
 		}
 	}
 
@@ -466,6 +530,13 @@ func (b *Bench) Run(ctx context.Context, scenario string, n int) (res Result, er
 	if scenario == Locality {
 		res.CrossIDCBytes = after.cross - before.cross
 		res.CrossIDCCopies = float64(res.CrossIDCBytes) / size
+	}
+	res.PeerRxBytes = after.peersRx - before.peersRx
+	res.PeerRxCopies = round3(float64(res.PeerRxBytes) / size / float64(n))
+	if NeedsDfly(scenario) {
+		if res.Compression, err = collectCompression(ctx, hosts); err != nil {
+			res.Errors = append(res.Errors, fmt.Sprintf("compression counters: %v", err))
+		}
 	}
 	b.finish(&res, hosts, NeedsDfly(scenario))
 	return res, nil
@@ -619,6 +690,7 @@ func (b *Bench) runBitTorrentDownloads(ctx context.Context, hosts []*hostRun, ar
 
 type counterSnap struct {
 	originTx, snTx, cross int64
+	peersRx               int64 // sum over the peers (compress.go)
 }
 
 func (b *Bench) snapshot(ctx context.Context, topo *Topology) (counterSnap, error) {
@@ -632,6 +704,9 @@ func (b *Bench) snapshot(ctx context.Context, topo *Topology) (counterSnap, erro
 		return s, err
 	}
 	s.originTx, s.snTx = o.TxBytes, sn.TxBytes
+	if s.peersRx, err = peersRx(ctx, topo); err != nil {
+		return s, err
+	}
 	if topo.Spec.IDCs == 2 {
 		x, err := Counters(ctx, topo.BridgeNS, InterIDCPort)
 		if err != nil {

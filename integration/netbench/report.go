@@ -65,7 +65,7 @@ func firstField(path, key string) string {
 // WriteTable writes the results as an aligned text table.
 func WriteTable(w io.Writer, results []Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tN\tsize MB\tbound s\tp50 s\tp99 s\tmax s\tp50/b\tp99/b\tmax/b\torigin copies\tcross-idc copies\tcpu %\tprocs cpu s\tok\tsha256\t")
+	fmt.Fprintln(tw, "scenario\tN\tsize MB\tbound s\tp50 s\tp99 s\tmax s\tp50/b\tp99/b\tmax/b\torigin copies\tcross-idc copies\tpeer rx copies\tblocks wire/plain\tcpu %\tprocs cpu s\tok\tsha256\t")
 	for _, r := range results {
 		cross := "-"
 		if r.Scenario == Locality {
@@ -75,16 +75,23 @@ func WriteTable(w io.Writer, results []Result) error {
 		if !r.SHA256OK {
 			sha = "FAIL"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.3f\t%s\t%.0f\t%.1f\t%d/%d\t%s\t\n",
-			r.Scenario, r.N, float64(r.SizeBytes)/1e6, r.BoundSeconds, r.P50, r.P99, r.Max, r.P50X, r.P99X, r.MaxX,
-			r.OriginEgressCopies, cross, 100*r.CPU, r.ProcsCPUSeconds, r.Completed, r.N, sha)
+		rx, wire := "-", "-" // compress.go
+		if r.PeerRxBytes > 0 {
+			rx = fmt.Sprintf("%.3f", r.PeerRxCopies)
+		}
+		if c := r.Compression; c != nil && c.BytesPlain > 0 {
+			wire = fmt.Sprintf("%.3f", float64(c.BytesWire)/float64(c.BytesPlain))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.3f\t%s\t%s\t%s\t%.0f\t%.1f\t%d/%d\t%s\t\n",
+			r.Label(), r.N, float64(r.SizeBytes)/1e6, r.BoundSeconds, r.P50, r.P99, r.Max, r.P50X, r.P99X, r.MaxX,
+			r.OriginEgressCopies, cross, rx, wire, 100*r.CPU, r.ProcsCPUSeconds, r.Completed, r.N, sha)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	for _, r := range results {
 		for _, e := range r.Errors {
-			fmt.Fprintf(w, "error: %s N=%d: %s\n", r.Scenario, r.N, firstLine(e))
+			fmt.Fprintf(w, "error: %s N=%d: %s\n", r.Label(), r.N, firstLine(e))
 		}
 	}
 	return nil
@@ -152,11 +159,14 @@ func Plot(path string, results []Result, title string) error {
 	byScenario := map[string][]Result{}
 	var order []string
 	bound := map[int]float64{}
+	colors := map[string]color.Color{}
 	for _, r := range results {
-		if _, ok := byScenario[r.Scenario]; !ok {
-			order = append(order, r.Scenario)
+		l := r.Label() // a scenario, or one of its --compress runs (compress.go)
+		if _, ok := byScenario[l]; !ok {
+			order = append(order, l)
+			colors[l] = labelColor(r, len(order))
 		}
-		byScenario[r.Scenario] = append(byScenario[r.Scenario], r)
+		byScenario[l] = append(byScenario[l], r)
 		bound[r.N] = r.BoundSeconds
 	}
 	if len(results) == 0 {
@@ -176,7 +186,7 @@ func Plot(path string, results []Result, title string) error {
 		if len(p50) == 0 {
 			continue
 		}
-		c := scenarioColor(s)
+		c := colors[s]
 		l50, pts, err := plotter.NewLinePoints(p50)
 		if err != nil {
 			return fmt.Errorf("plot %s: %w", s, err)

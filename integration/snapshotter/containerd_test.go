@@ -122,7 +122,7 @@ func (w *world) inNetns(name string, args ...string) (string, []string) {
 
 func (w *world) startSnapshotter() {
 	name, args := w.inNetns(filepath.Join(w.bin, "dfly-snapshotter"),
-		append([]string{"--root", w.snRoot, "--address", w.snSock, "--log-level", "info", "--prefetch-rate", "10M"}, w.snArgs...)...)
+		append([]string{"--root", w.snRoot, "--address", w.snSock, "--log-level", "info", "--prefetch-rate", "10M", "--metrics-listen", "127.0.0.1:0"}, w.snArgs...)...)
 	w.sn = startProc(w.t, filepath.Join(w.dir, "snapshotter.log"), name, args...)
 	waitFor(w.t, "snapshotter socket", 30*time.Second, func() bool { _, err := os.Stat(w.snSock); return err == nil })
 }

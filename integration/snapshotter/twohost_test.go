@@ -144,7 +144,7 @@ func TestTwoHostsShareLayers(t *testing.T) {
 	}
 	a := newHost(t, reg, lab.hostA, hostArgs(lab.aIP)...)
 	super := startProc(t, filepath.Join(snDir, "supernode.log"), "nsenter", "--net=/run/netns/"+lab.server, filepath.Join(a.bin, "supernode"),
-		"--listen", grpcAddr, "--upload-listen", upAddr, "--advertise", upAddr, "--store", filepath.Join(snDir, "store"))
+		"--listen", grpcAddr, "--upload-listen", upAddr, "--advertise", upAddr, "--metrics-listen", "", "--store", filepath.Join(snDir, "store"))
 	defer super.stop(syscall.SIGTERM)
 	waitFor(t, "supernode", 30*time.Second, func() bool {
 		return exec.Command("nsenter", "--net=/run/netns/"+lab.hostA, "bash", "-c", "exec 3<>/dev/tcp/"+lab.serverIP+"/8002").Run() == nil

@@ -29,7 +29,7 @@ func writeKeyFile(t *testing.T, name string, b byte) string {
 // daemonArgs are a dfdaemon's flags for the store, socket and host in dir.
 func daemonArgs(sn *supernode, id, dir string, extra ...string) []string {
 	return append([]string{"--supernode", sn.grpc, "--listen", "127.0.0.1:0", "--sock", filepath.Join(dir, "d.sock"),
-		"--store", filepath.Join(dir, "store"), "--host-id", id, "--log-level", "info"}, extra...)
+		"--store", filepath.Join(dir, "store"), "--host-id", id, "--log-level", "info", "--metrics-listen", "127.0.0.1:0"}, extra...)
 }
 
 // startDaemonIn starts a dfdaemon whose store and socket are in dir (a
@@ -99,7 +99,7 @@ func TestAtRestEncryption(t *testing.T) {
 
 	snDir := t.TempDir()
 	p, line := start(t, "supernode", "supernode", "supernode listening",
-		"--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0", "--store", filepath.Join(snDir, "store"),
+		"--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--store", filepath.Join(snDir, "store"),
 		"--store-key-file", writeKeyFile(t, "seed.key", 1), "--log-level", "info")
 	sn := &supernode{proc: p, dir: snDir, grpc: field(line, "grpc"), upload: field(line, "upload")}
 	keyA, keyB := writeKeyFile(t, "a.key", 2), writeKeyFile(t, "b.key", 3)

@@ -28,6 +28,7 @@ type tapProxy struct {
 	target atomic.Value // string: HOST:PORT to forward to
 	mu     sync.Mutex
 	seen   bytes.Buffer
+	back   bytes.Buffer // what the server answered
 	conns  atomic.Int64
 	wg     sync.WaitGroup
 }
@@ -71,7 +72,7 @@ func (p *tapProxy) relay(c net.Conn) {
 	defer up.Close()
 	done := make(chan struct{})
 	go func() {
-		io.Copy(c, up)
+		io.Copy(io.MultiWriter(c, replies{p}), up)
 		c.(*net.TCPConn).CloseWrite()
 		close(done)
 	}()
@@ -85,6 +86,22 @@ func (p *tapProxy) Write(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.seen.Write(b)
+}
+
+// replies records what the server answered.
+type replies struct{ p *tapProxy }
+
+func (r replies) Write(b []byte) (int, error) {
+	r.p.mu.Lock()
+	defer r.p.mu.Unlock()
+	return r.p.back.Write(b)
+}
+
+// answered is everything the server sent its clients.
+func (p *tapProxy) answered() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return bytes.Clone(p.back.Bytes())
 }
 
 func (p *tapProxy) recorded() []byte {
@@ -115,7 +132,7 @@ func TestCredentialsNeverLeak(t *testing.T) {
 	snUpload := freeAddr(t)
 	snTap.target.Store(snUpload)
 	p, line := start(t, "supernode", "supernode", "supernode listening",
-		"--listen", "127.0.0.1:0", "--upload-listen", snUpload, "--advertise", snTap.addr(),
+		"--listen", "127.0.0.1:0", "--upload-listen", snUpload, "--advertise", snTap.addr(), "--metrics-listen", "127.0.0.1:0",
 		"--store", filepath.Join(snDir, "store"), "--log-level", "debug")
 	sn := &supernode{proc: p, dir: snDir, grpc: field(line, "grpc"), upload: snUpload}
 

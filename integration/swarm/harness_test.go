@@ -127,7 +127,7 @@ func startSupernode(t *testing.T, uploadRate string) *supernode {
 func startSupernodeAt(t *testing.T, dir, grpcAddr, uploadAddr, uploadRate string) *supernode {
 	t.Helper()
 	p, line := start(t, "supernode", "supernode", "supernode listening",
-		"--listen", grpcAddr, "--upload-listen", uploadAddr, "--store", filepath.Join(dir, "store"),
+		"--listen", grpcAddr, "--upload-listen", uploadAddr, "--metrics-listen", "127.0.0.1:0", "--store", filepath.Join(dir, "store"),
 		"--upload-rate", uploadRate, "--log-level", "info")
 	sn := &supernode{proc: p, dir: dir, grpc: field(line, "grpc"), upload: field(line, "upload")}
 	if sn.grpc == "" || sn.upload == "" {
@@ -177,6 +177,7 @@ type daemon struct {
 	id, idc string
 	sock    string
 	upload  string
+	metrics string // the metrics listener's HOST:PORT
 	client  *peer.DaemonClient
 }
 
@@ -185,12 +186,12 @@ func startDaemon(t *testing.T, sn *supernode, id, idc string, extra ...string) *
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "d.sock")
 	args := append([]string{"--supernode", sn.grpc, "--listen", "127.0.0.1:0", "--sock", sock,
-		"--store", filepath.Join(dir, "store"), "--host-id", id, "--log-level", "info"}, extra...)
+		"--store", filepath.Join(dir, "store"), "--host-id", id, "--log-level", "info", "--metrics-listen", "127.0.0.1:0"}, extra...)
 	if idc != "" {
 		args = append(args, "--idc", idc)
 	}
 	p, line := start(t, id, "dfdaemon", "dfdaemon ready", args...)
-	d := &daemon{proc: p, id: id, idc: idc, sock: field(line, "sock"), upload: field(line, "upload")}
+	d := &daemon{proc: p, id: id, idc: idc, sock: field(line, "sock"), upload: field(line, "upload"), metrics: field(line, "metrics")}
 	c, err := peer.DialDaemon(context.Background(), d.sock)
 	if err != nil {
 		t.Fatalf("%s: %v", id, err)

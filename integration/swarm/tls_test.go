@@ -102,7 +102,7 @@ func TestTLSSwarm(t *testing.T) {
 	want := c.Digest("sha256")
 
 	snDir := t.TempDir()
-	p, line := start(t, "supernode", "supernode", "supernode listening", append([]string{"--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0",
+	p, line := start(t, "supernode", "supernode", "supernode listening", append([]string{"--listen", "127.0.0.1:0", "--upload-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
 		"--store", filepath.Join(snDir, "store"), "--upload-rate", "16M", "--log-level", "info", "--tls-client-auth"}, tlsArgs...)...)
 	sn := &supernode{proc: p, dir: snDir, grpc: field(line, "grpc"), upload: field(line, "upload")}
 	var ds []*daemon

@@ -29,6 +29,31 @@ type Pacer struct {
 	Chunk int
 	// Served, if set, counts the body bytes written.
 	Served *atomic.Int64
+	// Sent, if set, is called with the body bytes of each write once it
+	// returned (Served counts a chunk before it goes and takes back what
+	// did not; Sent only ever adds, as a Prometheus counter must).
+	Sent func(n int64)
+	// Waited, if set, is called with the time each Limiter wait took.
+	Waited func(time.Duration)
+}
+
+// wait takes c bytes from the limiter, reporting the time it took.
+func (p Pacer) wait(ctx context.Context, c int) error {
+	if p.Limiter == nil {
+		return nil
+	}
+	began := time.Now()
+	err := p.Limiter.WaitN(ctx, c)
+	if p.Waited != nil {
+		p.Waited(time.Since(began))
+	}
+	return err
+}
+
+func (p Pacer) sent(n int64) {
+	if p.Sent != nil && n > 0 {
+		p.Sent(n)
+	}
 }
 
 // Send answers r with the n bytes that body yields and the block's SHA-256
@@ -62,10 +87,8 @@ func Send(ctx context.Context, w http.ResponseWriter, r *http.Request, body io.R
 	}
 	for sent := int64(0); sent < n; {
 		c := min(int64(p.Chunk), n-sent)
-		if p.Limiter != nil {
-			if err := p.Limiter.WaitN(ctx, int(c)); err != nil {
-				return fmt.Errorf("upload rate limiter: %w", err)
-			}
+		if err := p.wait(ctx, int(c)); err != nil {
+			return fmt.Errorf("upload rate limiter: %w", err)
 		}
 		// Counted before it is sent: the receiver may have the bytes before
 		// the copy returns here. A short copy takes back what did not go.
@@ -76,6 +99,7 @@ func Send(ctx context.Context, w http.ResponseWriter, r *http.Request, body io.R
 		// an *os.File that is sendfile(2).
 		m, err := io.CopyN(w, body, c)
 		sent += m
+		p.sent(m)
 		if p.Served != nil && m < c {
 			p.Served.Add(m - c)
 		}
@@ -97,13 +121,12 @@ func (pw *pacedWriter) Write(b []byte) (int, error) {
 	written := 0
 	for len(b) > 0 {
 		c := min(len(b), pw.p.Chunk)
-		if pw.p.Limiter != nil {
-			if err := pw.p.Limiter.WaitN(pw.ctx, c); err != nil {
-				return written, fmt.Errorf("upload rate limiter: %w", err)
-			}
+		if err := pw.p.wait(pw.ctx, c); err != nil {
+			return written, fmt.Errorf("upload rate limiter: %w", err)
 		}
 		m, err := pw.ResponseWriter.Write(b[:c])
 		written += m
+		pw.p.sent(int64(m))
 		if pw.p.Served != nil {
 			pw.p.Served.Add(int64(m))
 		}

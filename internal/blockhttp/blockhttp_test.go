@@ -63,14 +63,16 @@ func TestSend(t *testing.T) {
 		{name: "head", file: true, method: "HEAD", status: 200, want: nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var served atomic.Int64
+			var served, sent, waits atomic.Int64
+			p := Pacer{Limiter: tc.limiter, Served: &served,
+				Sent: func(n int64) { sent.Add(n) }, Waited: func(time.Duration) { waits.Add(1) }}
 			errc := make(chan error, 1)
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				var body io.Reader = bytes.NewReader(block)
 				if tc.file {
 					body = blockFile(t, block)
 				}
-				errc <- Send(r.Context(), w, r, body, int64(len(block)), sum[:], Pacer{Limiter: tc.limiter, Served: &served})
+				errc <- Send(r.Context(), w, r, body, int64(len(block)), sum[:], p)
 			}))
 			defer srv.Close()
 			req, _ := http.NewRequest(tc.method, srv.URL+"/blocks/t/0", nil)
@@ -97,6 +99,12 @@ func TestSend(t *testing.T) {
 			}
 			if served.Load() != int64(len(tc.want)) {
 				t.Fatalf("served counter %d, want %d", served.Load(), len(tc.want))
+			}
+			if sent.Load() != int64(len(tc.want)) {
+				t.Fatalf("Sent reported %d bytes, want %d", sent.Load(), len(tc.want))
+			}
+			if paced, n := tc.limiter != nil && tc.want != nil, waits.Load(); paced != (n > 0) {
+				t.Fatalf("Waited called %d times (limiter: %v)", n, tc.limiter != nil)
 			}
 		})
 	}

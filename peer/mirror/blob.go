@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/source"
 	"github.com/dfly-p2p/dfly/peer"
 )
 
@@ -21,23 +22,25 @@ import (
 // finished only after the whole blob matched its digest (else it is cut
 // short, so the client never accepts a wrong blob); a ranged one carries
 // verified blocks. When dfly cannot serve the blob before the first byte,
-// the registry answers instead.
-func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request, up upstream, digest string) {
+// the registry answers instead. It returns the result for the metrics.
+func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request, up upstream, digest string) string {
 	id, _ := blockstore.TaskIDForDigest(digest)
 	req := peer.Request{URL: up.base + r.URL.EscapedPath(), Header: originHeader(r), Digest: digest, TaskID: id}
+	if m.cfg.E2EPrivate && source.Sensitive(req.Header) {
+		req.E2E, req.TaskID = true, blockstore.E2ETaskID(id)
+	}
 	log := m.log.With("registry", up.host, "digest", digest)
 
 	t, err := m.cfg.Engine.Open(r.Context(), req)
 	if err != nil {
-		m.fallback(w, r, up, "open", err)
-		return
+		return m.fallback(w, r, up, "open", err)
 	}
 	meta := t.Info()
 	start, end, partial, err := parseRange(r.Header.Get("Range"), meta.Length)
 	if err != nil {
 		w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(meta.Length, 10))
 		http.Error(w, err.Error(), http.StatusRequestedRangeNotSatisfiable)
-		return
+		return resultError
 	}
 	whole := start == 0 && end == meta.Length
 	// A whole answer fetches the blob itself, in order with a read-ahead
@@ -72,14 +75,12 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request, up upstream, 
 	var chunk []byte
 	if off < end {
 		if chunk, err = next(off); err != nil {
-			m.fallback(w, r, up, "first block", err)
-			return
+			return m.fallback(w, r, up, "first block", err)
 		}
 	}
 	if whole && int64(len(chunk)) == end-off {
 		if err := c.wait(r.Context()); err != nil { // a one-chunk blob: verified before it leaves
-			m.fallback(w, r, up, "verify", err)
-			return
+			return m.fallback(w, r, up, "verify", err)
 		}
 	}
 	blobHeaders(w.Header(), digest, end-start)
@@ -93,7 +94,7 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request, up upstream, 
 	for off < end {
 		if _, err := w.Write(chunk); err != nil {
 			log.Debug("client went away", "err", err)
-			return
+			return resultError
 		}
 		m.stat.bytes.Add(int64(len(chunk)))
 		off += int64(len(chunk))
@@ -114,17 +115,19 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request, up upstream, 
 	st := t.Stats()
 	log.Info("blob served", "bytes", end-start, "whole", whole, "bytes_peers", st.BytesPeers, "bytes_seed", st.BytesSeed,
 		"bytes_origin", st.BytesOrigin, "bytes_local", st.BytesLocal)
+	return resultP2P
 }
 
 // fallback passes a blob request to the registry because dfly could not
-// serve it; nothing was written yet.
-func (m *Mirror) fallback(w http.ResponseWriter, r *http.Request, up upstream, what string, err error) {
+// serve it; nothing was written yet. It returns the result of the
+// pass-through (resultError when the client left).
+func (m *Mirror) fallback(w http.ResponseWriter, r *http.Request, up upstream, what string, err error) string {
 	m.stat.fallbacks.Add(1)
 	if r.Context().Err() != nil {
-		return
+		return resultError
 	}
 	m.log.Warn("blob not served through dfly; passing the request to the registry", "registry", up.host, "path", r.URL.Path, "step", what, "err", err)
-	m.forward(w, r, up)
+	return m.forward(w, r, up)
 }
 
 // abort cuts an answer short after its headers: the client sees a broken

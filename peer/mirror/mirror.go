@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/dfly-p2p/dfly/blockstore"
+	"github.com/dfly-p2p/dfly/internal/telemetry"
 	"github.com/dfly-p2p/dfly/peer"
 )
 
@@ -68,6 +69,15 @@ type Config struct {
 	// ReadTimeout bounds waiting for one block while streaming (default 60s).
 	ReadTimeout time.Duration
 	Logger      *slog.Logger
+	// Metrics, if set, counts requests by kind and result.
+	Metrics *Metrics
+	// E2EPrivate makes every blob fetched with credentials (a private
+	// registry's) end-to-end encrypted in the swarm (peer.Request.E2E).
+	E2EPrivate bool
+	// Tracing makes every request a span, "mirror.request" (a root, or a
+	// child of the trace the client sent); the engine's spans of a blob
+	// are its children. nil: off.
+	Tracing *telemetry.Tracing
 }
 
 // Stats counts requests by what the mirror did with them.
@@ -147,6 +157,11 @@ var blobPath = regexp.MustCompile(`^/v2/([a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?
 
 // ServeHTTP implements http.Handler.
 func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	kind, result := kindOf(r.URL.Path), resultError
+	// Deferred: an answer cut short (abort panics) counts as an error.
+	defer func() { m.cfg.Metrics.request(kind, result) }()
+	w, r, endSpan := m.startSpan(w, r, kind)
+	defer func() { endSpan(result) }()
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		http.Error(w, "the dfly registry mirror only serves pulls (GET, HEAD); push to the registry itself", http.StatusMethodNotAllowed)
@@ -164,14 +179,14 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if sm := blobPath.FindStringSubmatch(r.URL.Path); sm != nil {
 		if algo, _, derr := blockstore.ParseDigest(sm[2]); derr == nil && algo == "sha256" {
 			if r.Method == http.MethodGet {
-				m.serveBlob(w, r, up, sm[2])
+				result = m.serveBlob(w, r, up, sm[2])
 			} else {
-				m.headBlob(w, r, up, sm[2])
+				result = m.headBlob(w, r, up, sm[2])
 			}
 			return
 		}
 	}
-	m.passthrough(w, r, up)
+	result = m.passthrough(w, r, up)
 }
 
 // upstream is the registry a request is for.
@@ -275,17 +290,20 @@ func originHeader(r *http.Request) http.Header {
 	return h
 }
 
-// passthrough sends the request to the registry and its answer back.
-func (m *Mirror) passthrough(w http.ResponseWriter, r *http.Request, up upstream) {
+// passthrough sends the request to the registry and its answer back; it
+// returns the result for the metrics.
+func (m *Mirror) passthrough(w http.ResponseWriter, r *http.Request, up upstream) string {
 	m.stat.pass.Add(1)
-	m.forward(w, r, up)
+	return m.forward(w, r, up)
 }
 
-func (m *Mirror) forward(w http.ResponseWriter, r *http.Request, up upstream) {
+// forward passes the request to the registry: resultPassthrough, or
+// resultError when the registry could not be asked or its answer was cut.
+func (m *Mirror) forward(w http.ResponseWriter, r *http.Request, up upstream) string {
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, up.url(r), nil)
 	if err != nil {
 		http.Error(w, "dfly mirror: "+err.Error(), http.StatusBadRequest)
-		return
+		return resultError
 	}
 	for _, k := range forwarded {
 		for _, v := range r.Header.Values(k) {
@@ -297,7 +315,7 @@ func (m *Mirror) forward(w http.ResponseWriter, r *http.Request, up upstream) {
 		m.stat.upfail.Add(1)
 		m.log.Warn("registry unreachable", "registry", up.host, "path", r.URL.Path, "err", redact(err))
 		http.Error(w, fmt.Sprintf("dfly mirror: registry %s unreachable: %v", up.host, redact(err)), http.StatusBadGateway)
-		return
+		return resultError
 	}
 	defer resp.Body.Close()
 	copyHeader(w.Header(), resp.Header)
@@ -305,8 +323,10 @@ func (m *Mirror) forward(w http.ResponseWriter, r *http.Request, up upstream) {
 	if r.Method != http.MethodHead {
 		if _, err := copyBody(w, resp.Body); err != nil {
 			m.log.Debug("pass-through answer cut short", "registry", up.host, "path", r.URL.Path, "err", err)
+			return resultError
 		}
 	}
+	return resultPassthrough
 }
 
 // hopByHop are headers of one connection, never forwarded.
@@ -336,15 +356,15 @@ func redact(err error) string {
 
 // headBlob answers a blob HEAD from the store when this host holds the
 // whole, verified, public blob; else the registry answers.
-func (m *Mirror) headBlob(w http.ResponseWriter, r *http.Request, up upstream, digest string) {
+func (m *Mirror) headBlob(w http.ResponseWriter, r *http.Request, up upstream, digest string) string {
 	id, _ := blockstore.TaskIDForDigest(digest)
 	if t, err := m.cfg.Engine.Store().Task(id); err == nil && t.State == blockstore.StateComplete && t.Verified && !t.Private {
 		m.stat.heads.Add(1)
 		blobHeaders(w.Header(), digest, t.Length)
 		w.WriteHeader(http.StatusOK)
-		return
+		return resultP2P
 	}
-	m.passthrough(w, r, up)
+	return m.passthrough(w, r, up)
 }
 
 func blobHeaders(h http.Header, digest string, length int64) {

@@ -113,7 +113,10 @@ type HeldTask struct {
 	Tag       string                 `protobuf:"bytes,6,opt,name=tag,proto3" json:"tag,omitempty"` // part of URL-derived task ids: the supernode checks the id against url + tag
 	// The origin's ETag of the content held: a holding of content the origin
 	// has since changed (another ETag than the seed's) is ignored.
-	Etag          string `protobuf:"bytes,7,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,7,opt,name=etag,proto3" json:"etag,omitempty"`
+	// End-to-end encrypted representation (its id is blockstore.E2ETaskID of
+	// the plain one): the supernode derives the id with it.
+	E2E           bool `protobuf:"varint,8,opt,name=e2e,proto3" json:"e2e,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -197,6 +200,13 @@ func (x *HeldTask) GetEtag() string {
 	return ""
 }
 
+func (x *HeldTask) GetE2E() bool {
+	if x != nil {
+		return x.E2E
+	}
+	return false
+}
+
 type AnnounceRequest struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	Host              *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
@@ -205,8 +215,11 @@ type AnnounceRequest struct {
 	UploadBytesPerSec int64                  `protobuf:"varint,4,opt,name=upload_bytes_per_sec,json=uploadBytesPerSec,proto3" json:"upload_bytes_per_sec,omitempty"`
 	// Preheat orders this host could not carry out (each once).
 	PreheatReports []*PreheatReport `protobuf:"bytes,5,rep,name=preheat_reports,json=preheatReports,proto3" json:"preheat_reports,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// What the host did lately, for `dfctl status --supernode` (GET
+	// /api/v1/status); absent from hosts that do not report it.
+	Stats         *HostStats `protobuf:"bytes,6,opt,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AnnounceRequest) Reset() {
@@ -274,6 +287,152 @@ func (x *AnnounceRequest) GetPreheatReports() []*PreheatReport {
 	return nil
 }
 
+func (x *AnnounceRequest) GetStats() *HostStats {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
+// HostStats are a host's counters, cumulative since its daemon started
+// (started_unix_ms): the supernode keeps a short history of them per host
+// and turns it into deltas over a window (a new started_unix_ms means the
+// counters started again from zero). Bytes are those delivered to the
+// host's tasks, by provenance.
+type HostStats struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	StartedUnixMs   int64                  `protobuf:"varint,1,opt,name=started_unix_ms,json=startedUnixMs,proto3" json:"started_unix_ms,omitempty"`
+	BytesLocal      int64                  `protobuf:"varint,2,opt,name=bytes_local,json=bytesLocal,proto3" json:"bytes_local,omitempty"`
+	BytesOrigin     int64                  `protobuf:"varint,3,opt,name=bytes_origin,json=bytesOrigin,proto3" json:"bytes_origin,omitempty"`
+	BytesSeed       int64                  `protobuf:"varint,4,opt,name=bytes_seed,json=bytesSeed,proto3" json:"bytes_seed,omitempty"`
+	BytesPeers      int64                  `protobuf:"varint,5,opt,name=bytes_peers,json=bytesPeers,proto3" json:"bytes_peers,omitempty"`
+	DownloadsOk     int64                  `protobuf:"varint,6,opt,name=downloads_ok,json=downloadsOk,proto3" json:"downloads_ok,omitempty"`
+	DownloadsFailed int64                  `protobuf:"varint,7,opt,name=downloads_failed,json=downloadsFailed,proto3" json:"downloads_failed,omitempty"`
+	// Blocks (and task resolutions) the swarm failed to deliver, fetched
+	// from the origin instead.
+	OriginFallbacks int64  `protobuf:"varint,8,opt,name=origin_fallbacks,json=originFallbacks,proto3" json:"origin_fallbacks,omitempty"`
+	TasksActive     int32  `protobuf:"varint,9,opt,name=tasks_active,json=tasksActive,proto3" json:"tasks_active,omitempty"` // downloads in flight (distinct tasks)
+	LastError       string `protobuf:"bytes,10,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`       // URLs without their query strings
+	LastErrorUnixMs int64  `protobuf:"varint,11,opt,name=last_error_unix_ms,json=lastErrorUnixMs,proto3" json:"last_error_unix_ms,omitempty"`
+	Version         string `protobuf:"bytes,12,opt,name=version,proto3" json:"version,omitempty"` // of the dfly build
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *HostStats) Reset() {
+	*x = HostStats{}
+	mi := &file_scheduler_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostStats) ProtoMessage() {}
+
+func (x *HostStats) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostStats.ProtoReflect.Descriptor instead.
+func (*HostStats) Descriptor() ([]byte, []int) {
+	return file_scheduler_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HostStats) GetStartedUnixMs() int64 {
+	if x != nil {
+		return x.StartedUnixMs
+	}
+	return 0
+}
+
+func (x *HostStats) GetBytesLocal() int64 {
+	if x != nil {
+		return x.BytesLocal
+	}
+	return 0
+}
+
+func (x *HostStats) GetBytesOrigin() int64 {
+	if x != nil {
+		return x.BytesOrigin
+	}
+	return 0
+}
+
+func (x *HostStats) GetBytesSeed() int64 {
+	if x != nil {
+		return x.BytesSeed
+	}
+	return 0
+}
+
+func (x *HostStats) GetBytesPeers() int64 {
+	if x != nil {
+		return x.BytesPeers
+	}
+	return 0
+}
+
+func (x *HostStats) GetDownloadsOk() int64 {
+	if x != nil {
+		return x.DownloadsOk
+	}
+	return 0
+}
+
+func (x *HostStats) GetDownloadsFailed() int64 {
+	if x != nil {
+		return x.DownloadsFailed
+	}
+	return 0
+}
+
+func (x *HostStats) GetOriginFallbacks() int64 {
+	if x != nil {
+		return x.OriginFallbacks
+	}
+	return 0
+}
+
+func (x *HostStats) GetTasksActive() int32 {
+	if x != nil {
+		return x.TasksActive
+	}
+	return 0
+}
+
+func (x *HostStats) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *HostStats) GetLastErrorUnixMs() int64 {
+	if x != nil {
+		return x.LastErrorUnixMs
+	}
+	return 0
+}
+
+func (x *HostStats) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
 // PreheatOrder asks a host to fetch a task into its store at background
 // priority (a preheat job with a host selector). Orders are repeated with
 // every heartbeat until the job ends; a host runs each once.
@@ -291,7 +450,7 @@ type PreheatOrder struct {
 
 func (x *PreheatOrder) Reset() {
 	*x = PreheatOrder{}
-	mi := &file_scheduler_proto_msgTypes[3]
+	mi := &file_scheduler_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +462,7 @@ func (x *PreheatOrder) String() string {
 func (*PreheatOrder) ProtoMessage() {}
 
 func (x *PreheatOrder) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[3]
+	mi := &file_scheduler_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +475,7 @@ func (x *PreheatOrder) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreheatOrder.ProtoReflect.Descriptor instead.
 func (*PreheatOrder) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{3}
+	return file_scheduler_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PreheatOrder) GetJobId() string {
@@ -373,7 +532,7 @@ type PreheatReport struct {
 
 func (x *PreheatReport) Reset() {
 	*x = PreheatReport{}
-	mi := &file_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -385,7 +544,7 @@ func (x *PreheatReport) String() string {
 func (*PreheatReport) ProtoMessage() {}
 
 func (x *PreheatReport) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -398,7 +557,7 @@ func (x *PreheatReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreheatReport.ProtoReflect.Descriptor instead.
 func (*PreheatReport) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{4}
+	return file_scheduler_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PreheatReport) GetJobId() string {
@@ -439,7 +598,7 @@ type AnnounceResponse struct {
 
 func (x *AnnounceResponse) Reset() {
 	*x = AnnounceResponse{}
-	mi := &file_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +610,7 @@ func (x *AnnounceResponse) String() string {
 func (*AnnounceResponse) ProtoMessage() {}
 
 func (x *AnnounceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +623,7 @@ func (x *AnnounceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnounceResponse.ProtoReflect.Descriptor instead.
 func (*AnnounceResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{5}
+	return file_scheduler_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AnnounceResponse) GetHeartbeatIntervalMs() int64 {
@@ -505,7 +664,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -517,7 +676,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -530,7 +689,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{6}
+	return file_scheduler_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Header) GetName() string {
@@ -558,15 +717,19 @@ type RegisterTaskRequest struct {
 	// Part of URL-derived task ids. The supernode derives the task id from
 	// digest (TaskIDForDigest) or url + tag (TaskIDForURL) and refuses a
 	// task_id that does not match, so an id always names its content.
-	Tag           string `protobuf:"bytes,7,opt,name=tag,proto3" json:"tag,omitempty"`
-	Etag          string `protobuf:"bytes,8,opt,name=etag,proto3" json:"etag,omitempty"` // of the content in bitmap (see HeldTask.etag)
+	Tag  string `protobuf:"bytes,7,opt,name=tag,proto3" json:"tag,omitempty"`
+	Etag string `protobuf:"bytes,8,opt,name=etag,proto3" json:"etag,omitempty"` // of the content in bitmap (see HeldTask.etag)
+	// Ask for the end-to-end encrypted representation: blocks travel and are
+	// stored as AES-256-CTR ciphertext under a per-task key the seed makes;
+	// the id is blockstore.E2ETaskID of the plain id.
+	E2E           bool `protobuf:"varint,9,opt,name=e2e,proto3" json:"e2e,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterTaskRequest) Reset() {
 	*x = RegisterTaskRequest{}
-	mi := &file_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +741,7 @@ func (x *RegisterTaskRequest) String() string {
 func (*RegisterTaskRequest) ProtoMessage() {}
 
 func (x *RegisterTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +754,7 @@ func (x *RegisterTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTaskRequest.ProtoReflect.Descriptor instead.
 func (*RegisterTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{7}
+	return file_scheduler_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RegisterTaskRequest) GetHostId() string {
@@ -650,6 +813,13 @@ func (x *RegisterTaskRequest) GetEtag() string {
 	return ""
 }
 
+func (x *RegisterTaskRequest) GetE2E() bool {
+	if x != nil {
+		return x.E2E
+	}
+	return false
+}
+
 type TaskMeta struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -660,13 +830,14 @@ type TaskMeta struct {
 	LastModified  string                 `protobuf:"bytes,6,opt,name=last_modified,json=lastModified,proto3" json:"last_modified,omitempty"`
 	Url           string                 `protobuf:"bytes,7,opt,name=url,proto3" json:"url,omitempty"`
 	SeedError     string                 `protobuf:"bytes,8,opt,name=seed_error,json=seedError,proto3" json:"seed_error,omitempty"` // non-empty: seed failed
+	E2E           bool                   `protobuf:"varint,9,opt,name=e2e,proto3" json:"e2e,omitempty"`                             // blocks are ciphertext; digest is over the plaintext
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskMeta) Reset() {
 	*x = TaskMeta{}
-	mi := &file_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -678,7 +849,7 @@ func (x *TaskMeta) String() string {
 func (*TaskMeta) ProtoMessage() {}
 
 func (x *TaskMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -691,7 +862,7 @@ func (x *TaskMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskMeta.ProtoReflect.Descriptor instead.
 func (*TaskMeta) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{8}
+	return file_scheduler_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TaskMeta) GetTaskId() string {
@@ -750,6 +921,13 @@ func (x *TaskMeta) GetSeedError() string {
 	return ""
 }
 
+func (x *TaskMeta) GetE2E() bool {
+	if x != nil {
+		return x.E2E
+	}
+	return false
+}
+
 type RegisterTaskResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Meta  *TaskMeta              `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
@@ -757,13 +935,17 @@ type RegisterTaskResponse struct {
 	// it as X-Dfly-Token. Register again before token_expires_unix.
 	Token            string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
 	TokenExpiresUnix int64  `protobuf:"varint,3,opt,name=token_expires_unix,json=tokenExpiresUnix,proto3" json:"token_expires_unix,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The task key of an end-to-end encrypted task (32 bytes), given only
+	// with a token (for private content: after the origin accepted the
+	// registrant's own headers). Held in memory only, never stored.
+	TaskKey       []byte `protobuf:"bytes,4,opt,name=task_key,json=taskKey,proto3" json:"task_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterTaskResponse) Reset() {
 	*x = RegisterTaskResponse{}
-	mi := &file_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +957,7 @@ func (x *RegisterTaskResponse) String() string {
 func (*RegisterTaskResponse) ProtoMessage() {}
 
 func (x *RegisterTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +970,7 @@ func (x *RegisterTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTaskResponse.ProtoReflect.Descriptor instead.
 func (*RegisterTaskResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_scheduler_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegisterTaskResponse) GetMeta() *TaskMeta {
@@ -812,6 +994,13 @@ func (x *RegisterTaskResponse) GetTokenExpiresUnix() int64 {
 	return 0
 }
 
+func (x *RegisterTaskResponse) GetTaskKey() []byte {
+	if x != nil {
+		return x.TaskKey
+	}
+	return nil
+}
+
 type BlockResult struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Block      int32                  `protobuf:"varint,1,opt,name=block,proto3" json:"block,omitempty"`
@@ -831,7 +1020,7 @@ type BlockResult struct {
 
 func (x *BlockResult) Reset() {
 	*x = BlockResult{}
-	mi := &file_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +1032,7 @@ func (x *BlockResult) String() string {
 func (*BlockResult) ProtoMessage() {}
 
 func (x *BlockResult) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +1045,7 @@ func (x *BlockResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockResult.ProtoReflect.Descriptor instead.
 func (*BlockResult) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BlockResult) GetBlock() int32 {
@@ -934,7 +1123,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1135,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1148,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SyncRequest) GetHostId() string {
@@ -1021,7 +1210,7 @@ type BlockDigest struct {
 
 func (x *BlockDigest) Reset() {
 	*x = BlockDigest{}
-	mi := &file_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1222,7 @@ func (x *BlockDigest) String() string {
 func (*BlockDigest) ProtoMessage() {}
 
 func (x *BlockDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1235,7 @@ func (x *BlockDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockDigest.ProtoReflect.Descriptor instead.
 func (*BlockDigest) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BlockDigest) GetBlock() int32 {
@@ -1074,7 +1263,7 @@ type Parent struct {
 
 func (x *Parent) Reset() {
 	*x = Parent{}
-	mi := &file_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1275,7 @@ func (x *Parent) String() string {
 func (*Parent) ProtoMessage() {}
 
 func (x *Parent) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1288,7 @@ func (x *Parent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Parent.ProtoReflect.Descriptor instead.
 func (*Parent) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{13}
+	return file_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Parent) GetHostId() string {
@@ -1134,7 +1323,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1335,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1348,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Assignment) GetBlock() int32 {
@@ -1199,7 +1388,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1400,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1413,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SyncResponse) GetDigests() []*BlockDigest {
@@ -1279,7 +1468,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1480,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1493,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LeaveRequest) GetHostId() string {
@@ -1329,7 +1518,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1341,7 +1530,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1354,7 +1543,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 var File_scheduler_proto protoreflect.FileDescriptor
@@ -1368,7 +1557,7 @@ const file_scheduler_proto_rawDesc = "" +
 	"uploadAddr\x12\x10\n" +
 	"\x03idc\x18\x03 \x01(\tR\x03idc\x12\x12\n" +
 	"\x04rack\x18\x04 \x01(\tR\x04rack\x12'\n" +
-	"\x0fupload_capacity\x18\x05 \x01(\x03R\x0euploadCapacity\"\xaa\x01\n" +
+	"\x0fupload_capacity\x18\x05 \x01(\x03R\x0euploadCapacity\"\xbc\x01\n" +
 	"\bHeldTask\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06bitmap\x18\x02 \x01(\fR\x06bitmap\x12\x10\n" +
@@ -1377,13 +1566,33 @@ const file_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"block_size\x18\x05 \x01(\x03R\tblockSize\x12\x10\n" +
 	"\x03tag\x18\x06 \x01(\tR\x03tag\x12\x12\n" +
-	"\x04etag\x18\a \x01(\tR\x04etag\"\x97\x02\n" +
+	"\x04etag\x18\a \x01(\tR\x04etag\x12\x10\n" +
+	"\x03e2e\x18\b \x01(\bR\x03e2e\"\xcb\x02\n" +
 	"\x0fAnnounceRequest\x12+\n" +
 	"\x04host\x18\x01 \x01(\v2\x17.dfly.scheduler.v1.HostR\x04host\x12/\n" +
 	"\x04held\x18\x02 \x03(\v2\x1b.dfly.scheduler.v1.HeldTaskR\x04held\x12*\n" +
 	"\x11uploads_in_flight\x18\x03 \x01(\x05R\x0fuploadsInFlight\x12/\n" +
 	"\x14upload_bytes_per_sec\x18\x04 \x01(\x03R\x11uploadBytesPerSec\x12I\n" +
-	"\x0fpreheat_reports\x18\x05 \x03(\v2 .dfly.scheduler.v1.PreheatReportR\x0epreheatReports\"\xaf\x01\n" +
+	"\x0fpreheat_reports\x18\x05 \x03(\v2 .dfly.scheduler.v1.PreheatReportR\x0epreheatReports\x122\n" +
+	"\x05stats\x18\x06 \x01(\v2\x1c.dfly.scheduler.v1.HostStatsR\x05stats\"\xb9\x03\n" +
+	"\tHostStats\x12&\n" +
+	"\x0fstarted_unix_ms\x18\x01 \x01(\x03R\rstartedUnixMs\x12\x1f\n" +
+	"\vbytes_local\x18\x02 \x01(\x03R\n" +
+	"bytesLocal\x12!\n" +
+	"\fbytes_origin\x18\x03 \x01(\x03R\vbytesOrigin\x12\x1d\n" +
+	"\n" +
+	"bytes_seed\x18\x04 \x01(\x03R\tbytesSeed\x12\x1f\n" +
+	"\vbytes_peers\x18\x05 \x01(\x03R\n" +
+	"bytesPeers\x12!\n" +
+	"\fdownloads_ok\x18\x06 \x01(\x03R\vdownloadsOk\x12)\n" +
+	"\x10downloads_failed\x18\a \x01(\x03R\x0fdownloadsFailed\x12)\n" +
+	"\x10origin_fallbacks\x18\b \x01(\x03R\x0foriginFallbacks\x12!\n" +
+	"\ftasks_active\x18\t \x01(\x05R\vtasksActive\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\n" +
+	" \x01(\tR\tlastError\x12+\n" +
+	"\x12last_error_unix_ms\x18\v \x01(\x03R\x0flastErrorUnixMs\x12\x18\n" +
+	"\aversion\x18\f \x01(\tR\aversion\"\xaf\x01\n" +
 	"\fPreheatOrder\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x10\n" +
@@ -1402,7 +1611,7 @@ const file_scheduler_proto_rawDesc = "" +
 	"\apreheat\x18\x04 \x03(\v2\x1f.dfly.scheduler.v1.PreheatOrderR\apreheat\"2\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xe4\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xf6\x01\n" +
 	"\x13RegisterTaskRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x10\n" +
@@ -1411,7 +1620,8 @@ const file_scheduler_proto_rawDesc = "" +
 	"\x06digest\x18\x05 \x01(\tR\x06digest\x12\x16\n" +
 	"\x06bitmap\x18\x06 \x01(\fR\x06bitmap\x12\x10\n" +
 	"\x03tag\x18\a \x01(\tR\x03tag\x12\x12\n" +
-	"\x04etag\x18\b \x01(\tR\x04etag\"\xdc\x01\n" +
+	"\x04etag\x18\b \x01(\tR\x04etag\x12\x10\n" +
+	"\x03e2e\x18\t \x01(\bR\x03e2e\"\xee\x01\n" +
 	"\bTaskMeta\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\x03R\x06length\x12\x1d\n" +
@@ -1422,11 +1632,13 @@ const file_scheduler_proto_rawDesc = "" +
 	"\rlast_modified\x18\x06 \x01(\tR\flastModified\x12\x10\n" +
 	"\x03url\x18\a \x01(\tR\x03url\x12\x1d\n" +
 	"\n" +
-	"seed_error\x18\b \x01(\tR\tseedError\"\x8b\x01\n" +
+	"seed_error\x18\b \x01(\tR\tseedError\x12\x10\n" +
+	"\x03e2e\x18\t \x01(\bR\x03e2e\"\xa6\x01\n" +
 	"\x14RegisterTaskResponse\x12/\n" +
 	"\x04meta\x18\x01 \x01(\v2\x1b.dfly.scheduler.v1.TaskMetaR\x04meta\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12,\n" +
-	"\x12token_expires_unix\x18\x03 \x01(\x03R\x10tokenExpiresUnix\"\xd6\x01\n" +
+	"\x12token_expires_unix\x18\x03 \x01(\x03R\x10tokenExpiresUnix\x12\x19\n" +
+	"\btask_key\x18\x04 \x01(\fR\ataskKey\"\xd6\x01\n" +
 	"\vBlockResult\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\x05R\x05block\x12\x1b\n" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x0e\n" +
@@ -1490,52 +1702,54 @@ func file_scheduler_proto_rawDescGZIP() []byte {
 	return file_scheduler_proto_rawDescData
 }
 
-var file_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_scheduler_proto_goTypes = []any{
 	(*Host)(nil),                 // 0: dfly.scheduler.v1.Host
 	(*HeldTask)(nil),             // 1: dfly.scheduler.v1.HeldTask
 	(*AnnounceRequest)(nil),      // 2: dfly.scheduler.v1.AnnounceRequest
-	(*PreheatOrder)(nil),         // 3: dfly.scheduler.v1.PreheatOrder
-	(*PreheatReport)(nil),        // 4: dfly.scheduler.v1.PreheatReport
-	(*AnnounceResponse)(nil),     // 5: dfly.scheduler.v1.AnnounceResponse
-	(*Header)(nil),               // 6: dfly.scheduler.v1.Header
-	(*RegisterTaskRequest)(nil),  // 7: dfly.scheduler.v1.RegisterTaskRequest
-	(*TaskMeta)(nil),             // 8: dfly.scheduler.v1.TaskMeta
-	(*RegisterTaskResponse)(nil), // 9: dfly.scheduler.v1.RegisterTaskResponse
-	(*BlockResult)(nil),          // 10: dfly.scheduler.v1.BlockResult
-	(*SyncRequest)(nil),          // 11: dfly.scheduler.v1.SyncRequest
-	(*BlockDigest)(nil),          // 12: dfly.scheduler.v1.BlockDigest
-	(*Parent)(nil),               // 13: dfly.scheduler.v1.Parent
-	(*Assignment)(nil),           // 14: dfly.scheduler.v1.Assignment
-	(*SyncResponse)(nil),         // 15: dfly.scheduler.v1.SyncResponse
-	(*LeaveRequest)(nil),         // 16: dfly.scheduler.v1.LeaveRequest
-	(*LeaveResponse)(nil),        // 17: dfly.scheduler.v1.LeaveResponse
+	(*HostStats)(nil),            // 3: dfly.scheduler.v1.HostStats
+	(*PreheatOrder)(nil),         // 4: dfly.scheduler.v1.PreheatOrder
+	(*PreheatReport)(nil),        // 5: dfly.scheduler.v1.PreheatReport
+	(*AnnounceResponse)(nil),     // 6: dfly.scheduler.v1.AnnounceResponse
+	(*Header)(nil),               // 7: dfly.scheduler.v1.Header
+	(*RegisterTaskRequest)(nil),  // 8: dfly.scheduler.v1.RegisterTaskRequest
+	(*TaskMeta)(nil),             // 9: dfly.scheduler.v1.TaskMeta
+	(*RegisterTaskResponse)(nil), // 10: dfly.scheduler.v1.RegisterTaskResponse
+	(*BlockResult)(nil),          // 11: dfly.scheduler.v1.BlockResult
+	(*SyncRequest)(nil),          // 12: dfly.scheduler.v1.SyncRequest
+	(*BlockDigest)(nil),          // 13: dfly.scheduler.v1.BlockDigest
+	(*Parent)(nil),               // 14: dfly.scheduler.v1.Parent
+	(*Assignment)(nil),           // 15: dfly.scheduler.v1.Assignment
+	(*SyncResponse)(nil),         // 16: dfly.scheduler.v1.SyncResponse
+	(*LeaveRequest)(nil),         // 17: dfly.scheduler.v1.LeaveRequest
+	(*LeaveResponse)(nil),        // 18: dfly.scheduler.v1.LeaveResponse
 }
 var file_scheduler_proto_depIdxs = []int32{
 	0,  // 0: dfly.scheduler.v1.AnnounceRequest.host:type_name -> dfly.scheduler.v1.Host
 	1,  // 1: dfly.scheduler.v1.AnnounceRequest.held:type_name -> dfly.scheduler.v1.HeldTask
-	4,  // 2: dfly.scheduler.v1.AnnounceRequest.preheat_reports:type_name -> dfly.scheduler.v1.PreheatReport
-	6,  // 3: dfly.scheduler.v1.PreheatOrder.headers:type_name -> dfly.scheduler.v1.Header
-	3,  // 4: dfly.scheduler.v1.AnnounceResponse.preheat:type_name -> dfly.scheduler.v1.PreheatOrder
-	6,  // 5: dfly.scheduler.v1.RegisterTaskRequest.headers:type_name -> dfly.scheduler.v1.Header
-	8,  // 6: dfly.scheduler.v1.RegisterTaskResponse.meta:type_name -> dfly.scheduler.v1.TaskMeta
-	10, // 7: dfly.scheduler.v1.SyncRequest.results:type_name -> dfly.scheduler.v1.BlockResult
-	13, // 8: dfly.scheduler.v1.Assignment.parents:type_name -> dfly.scheduler.v1.Parent
-	12, // 9: dfly.scheduler.v1.SyncResponse.digests:type_name -> dfly.scheduler.v1.BlockDigest
-	14, // 10: dfly.scheduler.v1.SyncResponse.assignments:type_name -> dfly.scheduler.v1.Assignment
-	2,  // 11: dfly.scheduler.v1.Scheduler.Announce:input_type -> dfly.scheduler.v1.AnnounceRequest
-	7,  // 12: dfly.scheduler.v1.Scheduler.RegisterTask:input_type -> dfly.scheduler.v1.RegisterTaskRequest
-	11, // 13: dfly.scheduler.v1.Scheduler.Sync:input_type -> dfly.scheduler.v1.SyncRequest
-	16, // 14: dfly.scheduler.v1.Scheduler.Leave:input_type -> dfly.scheduler.v1.LeaveRequest
-	5,  // 15: dfly.scheduler.v1.Scheduler.Announce:output_type -> dfly.scheduler.v1.AnnounceResponse
-	9,  // 16: dfly.scheduler.v1.Scheduler.RegisterTask:output_type -> dfly.scheduler.v1.RegisterTaskResponse
-	15, // 17: dfly.scheduler.v1.Scheduler.Sync:output_type -> dfly.scheduler.v1.SyncResponse
-	17, // 18: dfly.scheduler.v1.Scheduler.Leave:output_type -> dfly.scheduler.v1.LeaveResponse
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	5,  // 2: dfly.scheduler.v1.AnnounceRequest.preheat_reports:type_name -> dfly.scheduler.v1.PreheatReport
+	3,  // 3: dfly.scheduler.v1.AnnounceRequest.stats:type_name -> dfly.scheduler.v1.HostStats
+	7,  // 4: dfly.scheduler.v1.PreheatOrder.headers:type_name -> dfly.scheduler.v1.Header
+	4,  // 5: dfly.scheduler.v1.AnnounceResponse.preheat:type_name -> dfly.scheduler.v1.PreheatOrder
+	7,  // 6: dfly.scheduler.v1.RegisterTaskRequest.headers:type_name -> dfly.scheduler.v1.Header
+	9,  // 7: dfly.scheduler.v1.RegisterTaskResponse.meta:type_name -> dfly.scheduler.v1.TaskMeta
+	11, // 8: dfly.scheduler.v1.SyncRequest.results:type_name -> dfly.scheduler.v1.BlockResult
+	14, // 9: dfly.scheduler.v1.Assignment.parents:type_name -> dfly.scheduler.v1.Parent
+	13, // 10: dfly.scheduler.v1.SyncResponse.digests:type_name -> dfly.scheduler.v1.BlockDigest
+	15, // 11: dfly.scheduler.v1.SyncResponse.assignments:type_name -> dfly.scheduler.v1.Assignment
+	2,  // 12: dfly.scheduler.v1.Scheduler.Announce:input_type -> dfly.scheduler.v1.AnnounceRequest
+	8,  // 13: dfly.scheduler.v1.Scheduler.RegisterTask:input_type -> dfly.scheduler.v1.RegisterTaskRequest
+	12, // 14: dfly.scheduler.v1.Scheduler.Sync:input_type -> dfly.scheduler.v1.SyncRequest
+	17, // 15: dfly.scheduler.v1.Scheduler.Leave:input_type -> dfly.scheduler.v1.LeaveRequest
+	6,  // 16: dfly.scheduler.v1.Scheduler.Announce:output_type -> dfly.scheduler.v1.AnnounceResponse
+	10, // 17: dfly.scheduler.v1.Scheduler.RegisterTask:output_type -> dfly.scheduler.v1.RegisterTaskResponse
+	16, // 18: dfly.scheduler.v1.Scheduler.Sync:output_type -> dfly.scheduler.v1.SyncResponse
+	18, // 19: dfly.scheduler.v1.Scheduler.Leave:output_type -> dfly.scheduler.v1.LeaveResponse
+	16, // [16:20] is the sub-list for method output_type
+	12, // [12:16] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_proto_init() }
@@ -1549,7 +1763,7 @@ func file_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_proto_rawDesc), len(file_scheduler_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
