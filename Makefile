@@ -6,7 +6,7 @@ GOBIN := $(shell $(GO) env GOPATH)/bin
 BIN   := $(CURDIR)/bin
 CMDS  := dfget dforigin
 
-.PHONY: all build deps test fuzz lint demo bench bench-store bench-dfget bench-p2p bench-image bench-chaos bench-flow proto clean
+.PHONY: all build deps test fuzz lint demo bench bench-store bench-dfget bench-p2p bench-image bench-chaos bench-flow bench-sim proto clean
 
 all: build
 
@@ -81,6 +81,15 @@ bench-chaos: deps
 bench-flow: deps
 	@mkdir -p bench-results
 	DFLY_FLOW_BENCH=1 DFLY_FLOW_OUT=$(CURDIR)/bench-results $(GO) test -count=1 -timeout 30m -run '^TestFlowAutoYields$$' -v ./integration/flow/
+
+# The swarm simulator (issue 14, no root): the real scheduler in virtual
+# time over a flow-level network model, the seed's experiment (200 MB,
+# 100 Mbit/s hosts, 1 Gbit/s origin); completion p50/p99/max over the
+# physical bound and egress per N. Writes bench-results/sim/ (table,
+# results.json, results.png). Quick run: make bench-sim SIM_N=10,100
+SIM_N ?= 10,100,1000,3000,7000
+bench-sim:
+	$(GO) run ./integration/sim/cmd/dflysim --n $(SIM_N) --size 200MB --peer-rate 100mbit --origin-rate 1gbit --out bench-results/sim $(SIM_ARGS)
 
 proto:
 	supernode/api/gen.sh

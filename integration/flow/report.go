@@ -180,9 +180,10 @@ func Plot(path string, r Report) error {
 	}
 	var lx, ly []float64
 	var lt []string
-	for _, ph := range r.Phases {
-		lx, ly, lt = append(lx, ph.Start), append(ly, r.LinkMbit*1.08), append(lt, ph.Name)
-		line, err := plotter.NewLine(plotter.XYs{{X: ph.Start, Y: 0}, {X: ph.Start, Y: r.LinkMbit * 1.12}})
+	for i, ph := range r.Phases {
+		y := r.LinkMbit * (1.04 + 0.09*float64(i%2)) // alternate heights: short phases' labels would overlap
+		lx, ly, lt = append(lx, ph.Start), append(ly, y), append(lt, ph.Name)
+		line, err := plotter.NewLine(plotter.XYs{{X: ph.Start, Y: 0}, {X: ph.Start, Y: y}})
 		if err != nil {
 			return err
 		}

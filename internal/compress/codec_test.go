@@ -22,7 +22,7 @@ func newCodec(t testing.TB) *Codec {
 // the sample compresses, the block does not.
 func sampledOnly(n int) []byte {
 	b := random(n, 3)
-	piece, stride := sampleSize/samplePieces, n/samplePieces
+	piece, stride := sampleLen(n)/samplePieces, n/samplePieces
 	for i := range samplePieces {
 		copy(b[i*stride:i*stride+piece], text(piece, uint64(i)))
 	}
@@ -82,21 +82,25 @@ func TestTrialVerdicts(t *testing.T) {
 	}
 }
 
-func TestSamplesSpreadOverTheBlock(t *testing.T) {
-	b := make([]byte, 1<<20)
-	for i := range b {
-		b[i] = byte(i / (1 << 16)) // each 64 KiB stretch has its own byte
+func TestSampleSpreadOverTheBlock(t *testing.T) {
+	c := newCodec(t)
+	// Text only in one of the sample's slices: a sixteenth of the sample.
+	b := random(1<<20, 5)
+	piece, stride := sampleLen(len(b))/samplePieces, len(b)/samplePieces
+	copy(b[7*stride:7*stride+piece], text(piece, 1))
+	if got := sampleSaving(c.sample, b); got < 2 || got > 6 {
+		t.Fatalf("one text slice in sixteen saves %d%% of the sample, want about 4%%", got)
 	}
-	s := samples(b)
-	if len(s) != sampleSize {
-		t.Fatalf("sample of %d bytes, want %d", len(s), sampleSize)
+	// Text between the slices is not seen.
+	b = random(1<<20, 6)
+	copy(b[7*stride+piece:8*stride], text(stride-piece, 2))
+	if got := sampleSaving(c.sample, b); got > 0 {
+		t.Fatalf("text outside the slices saves %d%% of the sample", got)
 	}
-	seen := map[byte]bool{}
-	for _, x := range s {
-		seen[x] = true
-	}
-	if len(seen) != samplePieces {
-		t.Fatalf("the sample covers %d of the block's stretches, want %d", len(seen), samplePieces)
+	for n, want := range map[int]int{100 << 10: 64 << 10, 1 << 20: 128 << 10, 16 << 20: 2 << 20} {
+		if got := sampleLen(n); got != want {
+			t.Errorf("sampleLen(%d) = %d, want %d", n, got, want)
+		}
 	}
 }
 

@@ -135,6 +135,8 @@ type Controller struct {
 	mu     sync.Mutex
 	net    State
 	dstate DiskState
+	// nicErr, diskErr: the last read failed (logged once until it works again).
+	nicErr, diskErr bool
 }
 
 // New resolves the interface, the ceilings and the disk, and returns a
@@ -336,12 +338,16 @@ func (c *Controller) sampleNIC(now time.Time) {
 	if err != nil {
 		// The interface went away (or is being replaced): keep the limits;
 		// the next readable sample starts a new interval.
-		if c.net.Started {
+		if !c.nicErr {
 			c.log.Warn("flow control: cannot read the interface; keeping the current limits", "err", err)
 		}
-		c.net.Started = false
+		c.net.Started, c.nicErr = false, true
 		c.mu.Unlock()
 		return
+	}
+	if c.nicErr {
+		c.log.Info("flow control: the interface is readable again", "iface", c.opt.Iface)
+		c.nicErr = false
 	}
 	prev := c.net
 	c.net = Decide(c.opt.Params, c.net, Sample{At: now, NIC: nic, Dfly: c.hooks.Own()})
@@ -366,12 +372,16 @@ func (c *Controller) sampleDisk(now time.Time) {
 	ticks, err := c.readDisk(c.disk)
 	c.mu.Lock()
 	if err != nil {
-		if c.dstate.Started {
+		if !c.diskErr {
 			c.log.Warn("disk backoff: cannot read the disk's statistics; keeping the current background rate", "err", err)
 		}
-		c.dstate.Started = false
+		c.dstate.Started, c.diskErr = false, true
 		c.mu.Unlock()
 		return
+	}
+	if c.diskErr {
+		c.log.Info("disk backoff: the disk's statistics are readable again", "disk", c.disk.Name)
+		c.diskErr = false
 	}
 	prev := c.dstate
 	c.dstate = DecideDisk(c.opt.Disk, c.dstate, DiskSample{At: now, IOTicks: ticks, Written: c.hooks.Own().Rx})
